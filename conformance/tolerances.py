@@ -1,0 +1,81 @@
+"""Tolerance policy: (rtol, atol) per op family, dtype and precision tier.
+
+The numbers live in ``conformance/tolerances.json`` (data, not code) with the
+measurement that produced them; docs/tolerances.md explains the derivation.
+Each override (a family + output-name glob + tier) carries its reason.
+
+An element passes when ``|backend - golden| <= atol * scale + rtol * |golden|``
+where ``scale = max|golden|`` over that output (1 for an all-zero output): the
+absolute part is relative to the output's own magnitude, so one policy serves
+activations of order 1 and gradients of order 1e-4 (reference choice,
+docs/tolerances.md).
+"""
+
+from __future__ import annotations
+
+import fnmatch
+import json
+from dataclasses import dataclass
+from functools import lru_cache
+from pathlib import Path
+
+__all__ = ["Tolerance", "TolerancePolicy", "load_policy", "DEFAULT_PATH"]
+
+DEFAULT_PATH = Path(__file__).with_name("tolerances.json")
+
+
+@dataclass(frozen=True)
+class Tolerance:
+    rtol: float
+    atol: float
+    source: str = ""  # "family <f>" or the override's reason
+
+    def allowed(self, golden_abs, scale):
+        return self.atol * scale + self.rtol * golden_abs
+
+
+class TolerancePolicy:
+    """Lookup of :class:`Tolerance` for (family, dtype, tier, output name)."""
+
+    def __init__(self, data: dict):
+        self.data = data
+        self.families: dict = data["families"]
+        self.overrides: list = data.get("overrides", [])
+        for ov in self.overrides:
+            if not ov.get("reason"):
+                raise ValueError(f"tolerances: override {ov} has no reason")
+
+    def lookup(self, family: str, dtype: str, tier: str, output: str = "") -> Tolerance:
+        if family not in self.families:
+            raise KeyError(
+                f"tolerances: unknown family '{family}' (known: {', '.join(sorted(self.families))})"
+            )
+        by_dtype = self.families[family]
+        if dtype not in by_dtype:
+            raise KeyError(f"tolerances: family '{family}' has no entry for dtype '{dtype}'")
+        by_tier = by_dtype[dtype]
+        if tier not in by_tier:
+            raise KeyError(f"tolerances: family '{family}' dtype '{dtype}' has no tier '{tier}'")
+        rtol, atol = by_tier[tier]
+        tol = Tolerance(float(rtol), float(atol), f"family {family}/{dtype}/{tier}")
+        for ov in self.overrides:
+            if ov.get("family", "*") != "*" and ov["family"] != family:
+                continue
+            if ov.get("tier", "*") not in ("*", tier):
+                continue
+            if ov.get("dtype", "*") not in ("*", dtype):
+                continue
+            if not fnmatch.fnmatchcase(output, ov.get("output", "*")):
+                continue
+            tol = Tolerance(float(ov["rtol"]), float(ov["atol"]), ov["reason"])
+        return tol
+
+
+@lru_cache(maxsize=4)
+def _load(path: str) -> TolerancePolicy:
+    return TolerancePolicy(json.loads(Path(path).read_text()))
+
+
+def load_policy(path: Path | str | None = None) -> TolerancePolicy:
+    """The policy from ``tolerances.json`` (cached per path)."""
+    return _load(str(Path(path) if path else DEFAULT_PATH))

@@ -1,0 +1,5 @@
+import sys
+
+from refbasis.cli import main
+
+sys.exit(main())
