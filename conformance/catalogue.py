@@ -805,8 +805,9 @@ def build_case(spec: CaseSpec) -> GoldenCase:
     for k, v in inputs.items():
         if v.dtype.kind == "f" and v.dtype != F32:
             raise RuntimeError(f"catalogue: case {spec.id} input {k} is {v.dtype}, not float32")
-    outputs = evaluate(spec.kind, config, inputs)
-    outputs = OrderedDict((k, np.asarray(v)) for k, v in outputs.items())
+    outputs_f64 = OrderedDict((k, np.asarray(v)) for k, v in
+                              evaluate(spec.kind, config, inputs).items())
+    outputs = OrderedDict(outputs_f64)
     for k, v in outputs.items():
         if v.dtype.kind == "f":
             # Stored as float32: rounding the float64 answer costs at most
@@ -814,9 +815,37 @@ def build_case(spec: CaseSpec) -> GoldenCase:
             # the size of the golden set (docs/tolerances.md).
             outputs[k] = v.astype(np.float64).astype(F32)
     layers, layer_outputs = layer_info(spec.kind, config, outputs)
+    f32 = float32_errors(spec.kind, config, inputs, outputs_f64)
     return GoldenCase(suite=spec.suite, name=spec.name, kind=spec.kind, config=config,
                       inputs=OrderedDict(inputs), outputs=outputs, family=spec.family,
-                      dtype="float32", layers=tuple(layers), layer_outputs=layer_outputs)
+                      dtype="float32", layers=tuple(layers), layer_outputs=layer_outputs,
+                      meta={"float32_error": f32})
+
+
+def float32_errors(kind: str, config: dict, inputs: dict, reference: dict) -> dict[str, float]:
+    """The oracle's own float32 error on every float output of a case:
+    ``max|f32 - f64| / scale`` (scale as :func:`conformance.compare.output_scales`),
+    rounded up to two significant digits; outputs with no error are left out.
+
+    This records how well conditioned each output is; the tolerance policy
+    never goes below a safety factor times it (docs/tolerances.md).
+    """
+    from conformance.compare import output_scales
+    from refbasis.precision import float32_mode
+
+    with float32_mode():
+        got = evaluate(kind, config, inputs)
+    scales = output_scales(reference)
+    out = {}
+    for n, g in reference.items():
+        g = np.asarray(g)
+        if g.dtype.kind != "f" or g.size == 0:
+            continue
+        e = float(np.abs(np.asarray(got[n], dtype=np.float64) - g.astype(np.float64)).max())
+        e /= scales[n]
+        if e > 0:
+            out[n] = float(f"{e:.2g}") if float(f"{e:.2g}") >= e else float(f"{e * 1.05:.2g}")
+    return out
 
 
 # ===========================================================================
@@ -1380,7 +1409,7 @@ def _training_specs() -> list[CaseSpec]:
     # epochs into steps; a large base_lr makes every update visible against
     # float32 rounding of the parameters.
     mv3_recipe = {
-        "base_lr": 0.3, "warmup_epochs": 2.0, "decay_epochs": 1.5, "decay_rate": 0.9,
+        "base_lr": 0.02, "warmup_epochs": 2.0, "decay_epochs": 1.5, "decay_rate": 0.9,
         "decay_from": "start", "steps_per_epoch": 1.0, "rmsprop_variant": "tf",
         "rmsprop_decay": 0.9, "rmsprop_momentum": 0.9, "rmsprop_epsilon": 1.0,
         "weight_decay": 1e-5, "l2_form": "half", "clip_norm": None, "ema_decay": 0.9999,
@@ -1404,11 +1433,14 @@ def _training_specs() -> list[CaseSpec]:
         CaseSpec("training", "mv3_small_recipe_3_steps", "train_steps", "training",
                  _train_case({"type": "mobilenet", "arch": _arch_cfg(
                      "mobilenet_v3_small", 0.05, 32, **tiny)}, mv3_recipe, 3, 0)),
-        CaseSpec("training", "mv2_keras_rmsprop_3_steps", "train_steps", "training",
+        # MobileNetV2 at this width is too ill-conditioned in train mode for a
+        # multi-step golden (float32 runs diverge by step 2; docs/tolerances.md),
+        # so the second recipe runs on MobileNetV3-Large.
+        CaseSpec("training", "mv3_large_keras_rmsprop_2_steps", "train_steps", "training",
                  _train_case({"type": "mobilenet", "arch": _arch_cfg(
-                     "mobilenet_v2", 0.05, 32, **tiny)}, mv2_recipe, 3, 1)),
-        CaseSpec("training", "basisnet_mv3_recipe_3_steps", "train_steps", "training",
-                 _train_case({"type": "basisnet", "basisnet": bn}, basis_recipe, 3, 1,
+                     "mobilenet_v3_large", 0.05, 32, **tiny)}, mv2_recipe, 2, 1)),
+        CaseSpec("training", "basisnet_mv3_recipe_2_steps", "train_steps", "training",
+                 _train_case({"type": "basisnet", "basisnet": bn}, basis_recipe, 2, 1,
                              distill=True)),
     ]
 

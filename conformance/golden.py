@@ -147,6 +147,7 @@ def case_metadata(case: GoldenCase) -> dict:
         "outputs": list(case.outputs),
         "layers": list(case.layers),
         "layer_outputs": {k: list(v) for k, v in case.layer_outputs.items()},
+        "float32_error": dict(case.meta.get("float32_error", {})),
         "arrays": arrays,
     }
 
@@ -156,7 +157,7 @@ def _case_json_text(meta: dict) -> str:
     array / layer inside ``arrays`` and ``layer_outputs`` (the big maps)."""
     lines = []
     for k, v in meta.items():
-        if k in ("arrays", "layer_outputs") and v:
+        if k in ("arrays", "layer_outputs", "float32_error") and v:
             inner = ",\n".join(f"  {json.dumps(n)}: {json.dumps(e, separators=(',', ':'))}"
                                for n, e in v.items())
             lines.append(f" {json.dumps(k)}: {{\n{inner}\n }}")
@@ -216,7 +217,8 @@ def load_case(case_dir: Path, *, check_sha: bool = True) -> GoldenCase:
         suite=meta["suite"], name=meta["name"], kind=meta["kind"], config=meta["config"],
         inputs=inputs, outputs=outputs, family=meta["family"], dtype=meta.get("dtype", "float32"),
         layers=tuple(meta.get("layers", ())), layer_outputs=meta.get("layer_outputs", {}),
-        meta={k: meta[k] for k in ("oracle_version", "numpy_version") if k in meta},
+        meta={k: meta[k] for k in ("oracle_version", "numpy_version", "float32_error")
+              if k in meta},
     )
 
 
@@ -342,8 +344,9 @@ def verify_goldens(root: Path | None = None, suites=None, *, progress: bool = Tr
                 continue
             if what == "outputs" and list(g.layers) != list(fresh.layers):
                 problems.append(f"{spec.id}: layer order differs")
+            f32 = g.meta.get("float32_error", {})
             for n in old:
-                tol = policy.lookup(g.family, g.dtype, tier, n)
+                tol = policy.lookup(g.family, g.dtype, tier, n, f32.get(n))
                 r = compare_output(n, new[n], old[n], tol)
                 if not r.ok:
                     problems.append(f"{spec.id}: {what[:-1]} {n} not reproduced: {r.message}")

@@ -45,7 +45,19 @@ class TolerancePolicy:
             if not ov.get("reason"):
                 raise ValueError(f"tolerances: override {ov} has no reason")
 
-    def lookup(self, family: str, dtype: str, tier: str, output: str = "") -> Tolerance:
+    def measured_floor(self, tier: str, measured: float | None) -> float:
+        """``safety * tier_factor * measured`` capped (0 when nothing was measured)."""
+        if not measured:
+            return 0.0
+        m = self.data.get("measured", {})
+        f = float(m.get("tier_factor", {}).get(tier, 1.0))
+        return min(float(m.get("safety", 10.0)) * f * float(measured), float(m.get("cap", 1.0)))
+
+    def lookup(self, family: str, dtype: str, tier: str, output: str = "",
+               measured: float | None = None) -> Tolerance:
+        """The tolerance of one output. ``measured``: the oracle's own float32
+        error on this output, recorded in the golden at build time; the
+        tolerance is never below ``safety * tier_factor * measured``."""
         if family not in self.families:
             raise KeyError(
                 f"tolerances: unknown family '{family}' (known: {', '.join(sorted(self.families))})"
@@ -68,6 +80,11 @@ class TolerancePolicy:
             if not fnmatch.fnmatchcase(output, ov.get("output", "*")):
                 continue
             tol = Tolerance(float(ov["rtol"]), float(ov["atol"]), ov["reason"])
+        floor = self.measured_floor(tier, measured)
+        if floor > max(tol.rtol, tol.atol):
+            tol = Tolerance(max(tol.rtol, floor), max(tol.atol, floor),
+                            f"{tol.source}, raised to {floor:.2g} by the golden's own "
+                            f"measured float32 error")
         return tol
 
 

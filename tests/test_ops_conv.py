@@ -27,6 +27,18 @@ def depthwise_kernel(kind):
     finally:
         C._EINSUM_MIN_CHANNELS = old
 
+@contextlib.contextmanager
+def dense_kernel(kind):
+    """Force the dense/grouped kernel ("shifted": k*k shifted GEMMs, "im2col":
+    one GEMM over a patch matrix) regardless of the channel count."""
+    old = C._IM2COL_MAX_CIN
+    C._IM2COL_MAX_CIN = 10**9 if kind == "im2col" else 0
+    try:
+        yield
+    finally:
+        C._IM2COL_MAX_CIN = old
+
+
 # --------------------------------------------------------------------------
 # Strategies
 # --------------------------------------------------------------------------
@@ -101,15 +113,16 @@ def _fd_check(f, args, grads, rng, n_coords=6):
 
 
 @settings(max_examples=100)
-@given(conv_configs())
-def test_conv2d_vjp_matches_finite_differences(cfg):
+@given(conv_configs(), st.sampled_from(["shifted", "im2col"]))
+def test_conv2d_vjp_matches_finite_differences(cfg, kind):
     x, w, dy, kw, rng = cfg
-    dx, dw = C.conv2d_vjp(x, w, dy, **kw)
+    with dense_kernel(kind):
+        dx, dw = C.conv2d_vjp(x, w, dy, **kw)
 
-    def proj(x_, w_):
-        return float(np.sum(dy * C.conv2d(x_, w_, **kw)))
+        def proj(x_, w_):
+            return float(np.sum(dy * C.conv2d(x_, w_, **kw)))
 
-    _fd_check(proj, [x.copy(), w.copy()], [dx, dw], rng)
+        _fd_check(proj, [x.copy(), w.copy()], [dx, dw], rng)
 
 
 @settings(max_examples=100)
@@ -143,18 +156,39 @@ def test_per_example_kernel_gradients_and_forward_are_per_example():
         np.testing.assert_allclose(dw[b], dwb, rtol=1e-12, atol=1e-12)
 
 
+@pytest.mark.parametrize("dense", ["shifted", "im2col"])
+@pytest.mark.parametrize("depthwise", ["taps", "einsum"])
+def test_inputs_are_not_modified(dense, depthwise):
+    rng = np.random.default_rng(6)
+    x = rng.standard_normal((2, 7, 7, 4))
+    cases = [(rng.standard_normal((3, 3, 2, 6)), {"stride": 2, "groups": 2}),
+             (rng.standard_normal((1, 1, 4, 6)), {}),
+             (rng.standard_normal((2, 5, 5, 1, 4)), {"groups": 4, "padding": "VALID"})]
+    for w, kw in cases:
+        with dense_kernel(dense), depthwise_kernel(depthwise):
+            y = C.conv2d(x, w, **kw)
+            dy = rng.standard_normal(y.shape)
+            copies = [a.copy() for a in (x, w, dy)]
+            C.conv2d(x, w, **kw)
+            dx, dw = C.conv2d_vjp(x, w, dy, **kw)
+        for a, c in zip((x, w, dy), copies, strict=True):
+            np.testing.assert_array_equal(a, c)
+        assert not np.shares_memory(dx, x) and not np.shares_memory(dw, w)
+
+
 # --------------------------------------------------------------------------
 # Fast kernels against their naive twins
 # --------------------------------------------------------------------------
 
 
 @settings(max_examples=100)
-@given(conv_configs())
-def test_conv2d_fast_equals_naive(cfg):
+@given(conv_configs(), st.sampled_from(["shifted", "im2col"]))
+def test_conv2d_fast_equals_naive(cfg, kind):
     x, w, dy, kw, _ = cfg
-    np.testing.assert_allclose(C.conv2d(x, w, **kw), C.conv2d_naive(x, w, **kw),
-                               rtol=1e-12, atol=1e-12)
-    dx, dw = C.conv2d_vjp(x, w, dy, **kw)
+    with dense_kernel(kind):
+        y = C.conv2d(x, w, **kw)
+        dx, dw = C.conv2d_vjp(x, w, dy, **kw)
+    np.testing.assert_allclose(y, C.conv2d_naive(x, w, **kw), rtol=1e-12, atol=1e-12)
     dxn, dwn = C.conv2d_vjp_naive(x, w, dy, **kw)
     np.testing.assert_allclose(dx, dxn, rtol=1e-12, atol=1e-12)
     np.testing.assert_allclose(dw, dwn, rtol=1e-12, atol=1e-12)
@@ -233,11 +267,13 @@ def _scipy_conv2d(x, w, stride, padding, groups):
 
 
 @settings(max_examples=100)
-@given(conv_configs())
-def test_conv2d_matches_scipy_reference(cfg):
+@given(conv_configs(), st.sampled_from(["shifted", "im2col"]))
+def test_conv2d_matches_scipy_reference(cfg, kind):
     x, w, _, kw, _ = cfg
     ref = _scipy_conv2d(x, w, kw["stride"], kw["padding"], kw["groups"])
-    np.testing.assert_allclose(C.conv2d(x, w, **kw), ref, rtol=1e-12, atol=1e-12)
+    with dense_kernel(kind):
+        y = C.conv2d(x, w, **kw)
+    np.testing.assert_allclose(y, ref, rtol=1e-12, atol=1e-12)
 
 
 def test_conv2d_matches_jax_lax():
@@ -374,6 +410,8 @@ def _inf_kernel():
         (lambda: C.depthwise_conv2d(_X, np.zeros((3, 3, 1, 5))), ValueError,
          ["'w'", "(kh, kw, 1, 4)"]),
         (lambda: C.depthwise_conv2d(_X, np.zeros((3, 3, 4, 4))), ValueError, ["'w'"]),
+        (lambda: C.conv2d(_X, np.zeros((0, 3, 4, 8))), ValueError, ["'w'", "non-empty"]),
+        (lambda: C.conv2d(_X, np.zeros((3, 3, 4, 0))), ValueError, ["'w'", "non-empty"]),
         (lambda: C.resolve_padding("FULL", (4, 4), (3, 3), 1), ValueError, ["'padding'"]),
         (lambda: C.resolve_padding("SAME", (4, 4), (3, 3), 0), ValueError, ["'stride'"]),
     ],

@@ -266,6 +266,19 @@ def test_nonfinite_gradient_is_named():
                    config=_config())
 
 
+def test_nonfinite_loss_names_the_offending_parameter():
+    # weight decay of a huge (finite) kernel overflows the loss to inf
+    model = ToyModel()
+    params = model.init(np.random.default_rng(1))
+    params["unused.kernel"] = np.array([1e200])
+    x, y = _data(n=4)
+    state = init_train_state(params, model, _config())
+    with pytest.raises(FloatingPointError,
+                       match=r"loss is not finite \(inf\).*largest magnitude in 'unused\.kernel'"):
+        train_step(state, {"image": x, "label": y}, 0, np.random.default_rng(0), model=model,
+                   config=_config())
+
+
 def test_bad_arguments():
     model = ToyModel()
     params = model.init(np.random.default_rng(1))

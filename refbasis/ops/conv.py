@@ -162,8 +162,8 @@ def _prepare(fn, x, w, stride, padding, groups, *, depthwise=False):
             f"{fn}: argument 'w' must have w.shape[-2] == Cin // groups = "
             f"{g.cin} // {g.groups} = {g.cin // g.groups}, got shape {w.shape}"
         )
-    if min(g.kh, g.kw) < 1:
-        raise ValueError(f"{fn}: argument 'w' must have a non-empty kernel, got {w.shape}")
+    if min(g.kh, g.kw, g.cout) < 1:
+        raise ValueError(f"{fn}: argument 'w' must be non-empty, got shape {w.shape}")
     g.sh, g.sw = check_pair(stride, "stride", min_value=1, fn=fn)
     g.pads = resolve_padding(padding, (g.H, g.W), (g.kh, g.kw), (g.sh, g.sw), _fn=fn)
     (t, b), (left, r) = g.pads
@@ -282,6 +282,51 @@ def _from_rows(acc, g, hq, wq):
     return acc.transpose(0, 2, 1, 3).reshape(g.B, hq, wq, -1)
 
 
+# With few input channels per group a tap's GEMM has a tiny inner dimension
+# (the stem: Cin = 3) and is bound by writing the output k*k times; there one
+# GEMM over an explicit patch matrix (im2col, inner dimension kh*kw*Cin_g)
+# measured several times faster (benchmarks/bench_conv.py, stem row), so it
+# is used below _IM2COL_MAX_CIN input channels per group, for y and dw.
+
+_IM2COL_MAX_CIN = 16
+
+
+def _use_im2col(g):
+    return g.cin // g.groups < _IM2COL_MAX_CIN and g.kh * g.kw > 1
+
+
+def _im2col(x, g):
+    """Patch matrix (E, G, M, kh*kw*Cin_g) in the row order of _rows."""
+    cin_g = g.cin // g.groups
+    v = _windows(_pad_input(x, g), g, g.ho, g.wo)          # (B, ho, wo, Cin, kh, kw)
+    v = v.reshape(g.B, g.ho, g.wo, g.groups, cin_g, g.kh, g.kw)
+    order = (0, 3, 1, 2, 5, 6, 4) if g.per_example else (3, 0, 1, 2, 5, 6, 4)
+    cols = np.ascontiguousarray(v.transpose(order))
+    e = g.B if g.per_example else 1
+    return cols.reshape(e, g.groups, -1, g.kh * g.kw * cin_g)
+
+
+def _im2col_kernels(wt, g):
+    """(E, kh, kw, G, Cin_g, Cout_g) -> (E, G, kh*kw*Cin_g, Cout_g)."""
+    e, kh, kw, gr, cin_g, cout_g = wt.shape
+    return wt.transpose(0, 3, 1, 2, 4, 5).reshape(e, gr, kh * kw * cin_g, cout_g)
+
+
+def _conv_im2col(x, w, g):
+    y = np.matmul(_im2col(x, g), _im2col_kernels(_tap_kernels(w, g), g))
+    return _from_rows(y, g, g.ho, g.wo)
+
+
+def _conv_im2col_dw(x, dy, g):
+    cols = _im2col(x, g)
+    d = _rows(np.ascontiguousarray(dy).reshape(g.B, g.ho * g.wo, g.cout), g, g.groups)
+    dwk = np.matmul(cols.transpose(0, 1, 3, 2), d)         # (E, G, kh*kw*Cin_g, Cout_g)
+    e, cin_g = dwk.shape[0], g.cin // g.groups
+    dwk = dwk.reshape(e, g.groups, g.kh, g.kw, cin_g, g.cout // g.groups)
+    dw = dwk.transpose(0, 2, 3, 4, 1, 5).reshape(e, g.kh, g.kw, cin_g, g.cout)
+    return dw if g.per_example else dw[0]
+
+
 def _conv_gemm(x, w, g):
     hq, wq = _phase_grid(g)
     ph = _phases(_pad_extended(x, g, hq, wq), g, hq, wq)
@@ -324,12 +369,14 @@ def _conv_gemm_vjp(x, w, dy, g):
     tmp = None
     e = wt.shape[0]
     dwt = np.zeros_like(wt)
+    im2col_dw = _use_im2col(g)
     for i, j, key, off in _taps(g, wq):
         if off >= n_all:
             continue
         d = drow[:, :, :n_all - off]
-        a = _rows(ph[key], g, g.groups)[:, :, off:]            # (E, G, N', Cin_g)
-        dwt[:, i, j] = np.matmul(a.transpose(0, 1, 3, 2), d)
+        if not im2col_dw:
+            a = _rows(ph[key], g, g.groups)[:, :, off:]        # (E, G, N', Cin_g)
+            dwt[:, i, j] = np.matmul(a.transpose(0, 1, 3, 2), d)
         wT = wt[:, i, j].transpose(0, 1, 3, 2)
         if key not in drows:
             # the first tap of each phase has offset 0 and covers every row
@@ -342,6 +389,8 @@ def _conv_gemm_vjp(x, w, dy, g):
         drows[key][:, :, off:] += t
     dph = {k: _from_rows(v, g, hq, wq).reshape(g.B, hq * wq, g.cin) for k, v in drows.items()}
     dx = _unphase(dph, g, hq, wq, x.dtype)
+    if im2col_dw:
+        return dx, _conv_im2col_dw(x, dy, g)
     cin_g = g.cin // g.groups
     dw = dwt.transpose(0, 1, 2, 4, 3, 5).reshape(e, g.kh, g.kw, cin_g, g.cout)
     return dx, (dw if g.per_example else dw[0])
@@ -474,6 +523,8 @@ def conv2d(x, w, *, stride=1, padding="SAME", groups=1):
     if _is_depthwise(g):
         xr, _ = _as_depthwise(x, w, g)
         return _depthwise(xr, w, g)
+    if _use_im2col(g):
+        return _conv_im2col(x, w, g)
     return _conv_gemm(x, w, g)
 
 

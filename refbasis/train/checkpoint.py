@@ -167,7 +167,8 @@ def save_checkpoint(directory: str, state: TrainState, step: int, rng: np.random
     _atomic_write_json(json_path, manifest)
     if keep is not None:
         for old in list_checkpoints(directory)[:-keep]:
-            for p in _paths(directory, old):
+            # JSON first: an npz left without its JSON is not a checkpoint.
+            for p in reversed(_paths(directory, old)):
                 if os.path.exists(p):
                     os.unlink(p)
     return json_path

@@ -283,12 +283,19 @@ def _first_nonfinite(arrays: dict, order) -> tuple[str, tuple, float] | None:
     return None
 
 
-def _raise_nonfinite_output(head, step, params):
+def _describe_params(params) -> str:
+    """Name the first non-finite parameter, or (all finite) the largest one."""
     bad = _first_nonfinite(params, list(params))
-    where = (f"first non-finite parameter: '{bad[0]}' ({bad[2]} at index {bad[1]})"
-             if bad else "every parameter is finite (check the batch)")
-    raise FloatingPointError(
-        f"train_step: logits of head '{head}' are not finite at step {step}; {where}")
+    if bad is not None:
+        return f"first non-finite parameter: '{bad[0]}' ({bad[2]} at index {bad[1]})"
+    big = max(params, key=lambda n: float(np.max(np.abs(params[n]), initial=0.0)))
+    return (f"every parameter is finite (largest magnitude in '{big}': "
+            f"{float(np.max(np.abs(params[big]), initial=0.0)):.3g}; check the batch)")
+
+
+def _raise_nonfinite_output(head, step, params):
+    raise FloatingPointError(f"train_step: logits of head '{head}' are not finite at step "
+                             f"{step}; {_describe_params(params)}")
 
 
 # ---------------------------------------------------------------------------
@@ -371,10 +378,8 @@ def loss_and_grads(params: dict, batch: dict, step: int, rng: np.random.Generato
     total += wd
     metrics["weight_decay"] = float(wd)
     if not np.isfinite(total):
-        bad = _first_nonfinite(params, list(params))
-        where = (f"first non-finite parameter: '{bad[0]}'" if bad
-                 else "every parameter is finite")
-        raise FloatingPointError(f"{fn}: loss is not finite ({total}) at step {step}; {where}")
+        raise FloatingPointError(f"{fn}: loss is not finite ({total}) at step {step}; "
+                                 f"{_describe_params(params)}")
 
     grads = model.backward(params, cache, dlogits)
     missing = [n for n in names if n not in grads]

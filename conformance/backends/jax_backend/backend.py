@@ -438,20 +438,309 @@ def _layer_model(self, case, layer, inputs, t):
 
 
 # --------------------------------------------------------------------------
+# BasisNet kinds: basisnet, early_exit, condconv
+# --------------------------------------------------------------------------
+
+
+def _basisnet_config(cfg: Mapping):
+    """The oracle's ``BasisNetConfig`` described by a case config (docs/porting.md)."""
+    from refbasis.basis.config import BasisNetConfig
+
+    return BasisNetConfig(
+        light=_arch_from_config(cfg["light"]), specialist=_arch_from_config(cfg["specialist"]),
+        num_bases=int(cfg["num_bases"]),
+        per_basis_layers=tuple(int(v) for v in cfg["per_basis_layers"]),
+        per_basis_kinds=frozenset(cfg["per_basis_kinds"]),
+        coefficient_normalization=cfg.get("coefficient_normalization", "softmax"),
+        basis_dropout_rate=float(cfg.get("basis_dropout_rate", 0.0)),
+        dropout_granularity=cfg.get("dropout_granularity", "example"))
+
+
+_BASISNET_MASKS = ("basis_mask", "light_dropout_mask", "specialist_dropout_mask")
+
+
+def _masks(inputs, train):
+    if not train:
+        return {}
+    return {m: jnp.asarray(inputs[m]) for m in _BASISNET_MASKS if m in inputs}
+
+
+def _run_basisnet(self, case, t):
+    c = case.config
+    bc = _basisnet_config(c)
+    train, eps = bool(c["train"]), float(c.get("eps", 0.0))
+    dtype = None if t.dtype == jnp.float32 else t.dtype
+
+    def build():
+        def fn(params, xl, xs, dzl, dzs, masks):
+            tp, sp = _split_params(params)
+
+            def fwd(tp, xl, xs):
+                zl, zs, aux = jbasis.basisnet_forward(
+                    bc, {**sp, **tp}, xl, xs, train=train, eps=eps, precision=t.precision,
+                    per_example=self.per_example, dtype=dtype, **masks)
+                return (zl, zs), aux
+            (zl, zs), pull, aux = jax.vjp(fwd, tp, xl, xs, has_aux=True)
+            gp, gxl, gxs = pull((dzl.astype(zl.dtype), dzs.astype(zs.dtype)))
+            out = {"light_logits": zl, "specialist_logits": zs,
+                   "light_features": aux["features"],
+                   "grad/input.light": gxl, "grad/input.specialist": gxs}
+            for k in ("coef/logits", "coef/alpha_head", "coef/alpha_mixed", "coef/alpha"):
+                out[k] = aux[k]
+            for part in ("light", "specialist"):
+                out.update({f"act/{part}.{k}": v
+                            for k, v in aux[part]["activations"].items()})
+            out.update({f"grad/{k}": v for k, v in gp.items()})
+            if train:
+                out.update({f"state/{k}": v for k, v in aux["new_state"].items()})
+            return out
+        return fn
+    ins = case.inputs
+    params = {k: jnp.asarray(v) for k, v in _prefixed(ins, "params/").items()}
+    masks = _masks(ins, train)
+    return self.compiled(self.key(case, t, tuple(sorted(masks))), build)(
+        params, jnp.asarray(ins["x_light"]), jnp.asarray(ins["x_specialist"]),
+        jnp.asarray(ins["dlight_logits"]), jnp.asarray(ins["dspecialist_logits"]), masks)
+
+
+def _layer_basisnet(self, case, layer, inputs, t):
+    c = case.config
+    bc = _basisnet_config(c)
+    train, eps = bool(c["train"]), float(c.get("eps", 0.0))
+    dtype = None if t.dtype == jnp.float32 else t.dtype
+    params = {k: jnp.asarray(v) for k, v in _prefixed(inputs, "params/").items()}
+    masks = _masks(inputs, train)
+
+    def build():
+        def fn(params, x, alpha, masks):
+            if dtype is not None:
+                params = {k: (v if k.endswith(jmodel.STATE_SUFFIXES) else v.astype(dtype))
+                          for k, v in params.items()}
+            if layer == "coefficients":
+                names = ("coef/logits", "coef/alpha_head", "coef/alpha_mixed", "coef/alpha")
+                vals = jbasis.coefficients(bc, params, x.astype(dtype or x.dtype), eps=eps,
+                                           train=train, basis_mask=masks.get("basis_mask"),
+                                           precision=t.precision)
+                return dict(zip(names, vals, strict=True))
+            part, _, sub = layer.partition(".")
+            if part == "light":
+                arch, tree = bc.light, jbasis._sub(params, jbasis.LIGHT)
+                mask = masks.get("light_dropout_mask")
+            else:
+                arch = bc.specialist
+                tree = jbasis.synthesize_specialist_params(bc, params, alpha.astype(
+                    dtype or alpha.dtype), precision=t.precision)
+                mask = masks.get("specialist_dropout_mask")
+            y, _ = jmodel.layer_forward(arch, tree, sub, x, train=train, dropout_mask=mask,
+                                        precision=t.precision, per_example=self.per_example,
+                                        dtype=dtype)
+            return {"y": y}
+        return fn
+    x = inputs["features"] if layer == "coefficients" else inputs["x"]
+    alpha = inputs.get("alpha")
+    return self.compiled(self.key(case, t, "layer", layer, tuple(sorted(masks)),
+                                  alpha is None), build)(
+        params, jnp.asarray(x), None if alpha is None else jnp.asarray(alpha), masks)
+
+
+def _run_early_exit(self, case, t):
+    c = case.config
+    thr = float(c["threshold"])
+
+    def fn(zl, zs):
+        pred, exited = jbasis.early_exit_predictions(zl, zs, thr)
+        top = jnp.max(jops.softmax(zl), axis=-1)
+        return {"top_probability": top, "exited": exited, "predictions": pred,
+                "share_exited": jnp.mean(exited.astype(jnp.float32))}
+    out = _op(self, case, t, ["light_logits", "specialist_logits"], fn)
+    out = dict(out)
+    exited = np.asarray(out["exited"], dtype=bool)
+    out["exited"] = exited
+    out["predictions"] = np.asarray(out["predictions"]).astype(np.int64)
+    # The cost model is plain arithmetic on the decisions (refbasis.basis.early_exit).
+    share = float(np.mean(exited))
+    out["average_madds"] = np.asarray(
+        c["light_madds"] + (1.0 - share) * (c["synthesis_madds"] + c["specialist_madds"]))
+    return out
+
+
+def _run_condconv(self, case, t):
+    c = case.config
+    arch = _arch_from_config(c["arch"])
+    blocks = tuple(int(b) for b in c["blocks"])
+    train = bool(c["train"])
+    dtype = None if t.dtype == jnp.float32 else t.dtype
+
+    def build():
+        def fn(params, x, dlogits, mask):
+            def fwd(p, x):
+                return jbasis.condconv_forward(arch, p, x, blocks=blocks, train=train,
+                                               dropout_mask=mask, precision=t.precision,
+                                               per_example=self.per_example, dtype=dtype)
+            y, gp, gx, aux = _net_grads(fwd, params, x, dlogits)
+            out = {"logits": y, "grad/input": gx}
+            out.update({f"act/{k}": v for k, v in aux["activations"].items()})
+            out.update({f"routing/blocks.{i}": r for i, r in aux["routing"].items()})
+            out.update({f"grad/{k}": v for k, v in gp.items()})
+            if train:
+                out.update({f"state/{k}": v for k, v in aux["new_state"].items()})
+            return out
+        return fn
+    params = {k: jnp.asarray(v) for k, v in _prefixed(case.inputs, "params/").items()}
+    mask = case.inputs.get("dropout_mask") if train else None
+    mask = None if mask is None else jnp.asarray(mask)
+    return self.compiled(self.key(case, t, mask is None), build)(
+        params, jnp.asarray(case.inputs["x"]), jnp.asarray(case.inputs["dlogits"]), mask)
+
+
+def _layer_condconv(self, case, layer, inputs, t):
+    c = case.config
+    arch = _arch_from_config(c["arch"])
+    blocks = tuple(int(b) for b in c["blocks"])
+    train = bool(c["train"])
+    dtype = None if t.dtype == jnp.float32 else t.dtype
+
+    def build():
+        def fn(params, x, mask):
+            if dtype is not None:
+                params = {k: (v if k.endswith(jmodel.STATE_SUFFIXES) else v.astype(dtype))
+                          for k, v in params.items()}
+                x = x.astype(dtype)
+            plain = {k: v for k, v in params.items()
+                     if not k.startswith(("experts.", "routing."))}
+            out = {}
+            if layer.startswith("blocks.") and int(layer.split(".")[1]) in blocks:
+                i = int(layer.split(".")[1])
+                r = jbasis.condconv_routing(x, params[f"routing.blocks.{i}.kernel"],
+                                            params[f"routing.blocks.{i}.bias"],
+                                            precision=t.precision)
+                for k, v in params.items():
+                    if k.startswith(f"experts.blocks.{i}."):
+                        plain[k[len("experts."):]] = jbasis.synthesize(v, r,
+                                                                       precision=t.precision)
+                out["routing"] = r
+            out["y"], _ = jmodel.layer_forward(arch, plain, layer, x, train=train,
+                                               dropout_mask=mask, precision=t.precision,
+                                               per_example=self.per_example)
+            return out
+        return fn
+    params = {k: jnp.asarray(v) for k, v in _prefixed(inputs, "params/").items()}
+    mask = inputs.get("dropout_mask") if train else None
+    mask = None if mask is None else jnp.asarray(mask)
+    return self.compiled(self.key(case, t, "layer", layer, mask is None), build)(
+        params, jnp.asarray(inputs["x"]), mask)
+
+
+# --------------------------------------------------------------------------
+# Training
+# --------------------------------------------------------------------------
+
+_STEP_MASKS = ("dropout_mask", "basis_mask", "light_dropout_mask", "specialist_dropout_mask")
+
+
+def _train_setup(self, case, t):
+    """(step_fn jitted, TrainConfig) for a train_steps case."""
+    from refbasis.train.step import TrainConfig
+
+    c = case.config
+    tconf = TrainConfig.from_dict({k: v for k, v in c["recipe"].items() if k != "model"})
+    m = c["model"]
+    dtype = None if t.dtype == jnp.float32 else t.dtype
+    kw = dict(precision=t.precision, per_example=self.per_example, dtype=dtype)
+    if m["type"] == "mobilenet":
+        arch = _arch_from_config(m["arch"])
+
+        def apply(params, batch, eps):
+            logits, aux = jmodel.forward(arch, params, batch["image"], train=True,
+                                         dropout_mask=batch.get("dropout_mask"), **kw)
+            return {"logits": logits}, aux["new_state"]
+    else:
+        bc = _basisnet_config(m["basisnet"])
+
+        def apply(params, batch, eps):
+            zl, zs, aux = jbasis.basisnet_forward(
+                bc, params, batch["image_light"], batch["image"], train=True, eps=eps,
+                basis_mask=batch.get("basis_mask"),
+                light_dropout_mask=batch.get("light_dropout_mask"),
+                specialist_dropout_mask=batch.get("specialist_dropout_mask"), **kw)
+            return {"light": zl, "specialist": zs}, aux["new_state"]
+
+    fn = self.compiled(self.key(case, t, "step"),
+                       lambda: jtrain.make_train_step(apply, tconf))
+    return fn, tconf
+
+
+def _batch(inputs, prefix=""):
+    b = {"image": jnp.asarray(inputs["x"]), "label": jnp.asarray(inputs["labels"])}
+    if "x_light" in inputs:
+        b["image_light"] = jnp.asarray(inputs["x_light"])
+    if "teacher_logits" in inputs:
+        b["teacher_logits"] = jnp.asarray(inputs["teacher_logits"])
+    for m in _STEP_MASKS:
+        if prefix + m in inputs:
+            b[m] = jnp.asarray(inputs[prefix + m])
+    return b
+
+
+def _state_out(params, opt, ema, metrics) -> dict:
+    out = {f"params/{k}": v for k, v in params.items()}
+    for slot, d in opt.items():
+        out.update({f"opt/{slot}/{k}": v for k, v in d.items()})
+    if ema is not None:
+        out.update({f"ema/{k}": v for k, v in ema.items()})
+    for k in ("loss", "lr", "grad_norm"):
+        out[k] = metrics[k]
+    return out
+
+
+def _run_train_steps(self, case, t):
+    fn, tconf = _train_setup(self, case, t)
+    params = {k: jnp.asarray(v) for k, v in _prefixed(case.inputs, "params/").items()}
+    opt, ema = jtrain.init_train_state(params, tconf)
+    out = {}
+    start = int(case.config.get("start_step", 0))
+    for k in range(1, int(case.config["steps"]) + 1):
+        params, opt, ema, metrics = fn(params, opt, ema, _batch(case.inputs, f"step{k}/"),
+                                       jnp.asarray(start + k - 1, jnp.int32))
+        out.update({f"step{k}/{n}": v for n, v in _state_out(params, opt, ema, metrics).items()})
+    return out
+
+
+def _layer_train_steps(self, case, layer, inputs, t):
+    fn, tconf = _train_setup(self, case, t)
+    k = int(layer[len("step"):])
+    params = {n: jnp.asarray(v) for n, v in _prefixed(inputs, "params/").items()}
+    opt0, ema0 = jtrain.init_train_state(params, tconf)
+    opt_in = _prefixed(inputs, "opt/")
+    opt = opt0
+    if opt_in:
+        opt = {slot: {n: jnp.asarray(opt_in[f"{slot}/{n}"]) for n in opt0[slot]} for slot in opt0}
+    ema_in = _prefixed(inputs, "ema/")
+    ema = {n: jnp.asarray(v) for n, v in ema_in.items()} if ema_in else ema0
+    start = int(case.config.get("start_step", 0))
+    params, opt, ema, metrics = fn(params, opt, ema, _batch(inputs),
+                                   jnp.asarray(start + k - 1, jnp.int32))
+    return _state_out(params, opt, ema, metrics)
+
+
+# --------------------------------------------------------------------------
 # Schedules
 # --------------------------------------------------------------------------
 
 
 def _run_schedule(self, case, t):
-    c = dict(case.config)
-    name = c.pop("name")
-    steps = np.asarray(case.inputs["steps"])
-    if name in ("learning_rate", "lr"):
-        vals = jtrain.learning_rate(jnp.asarray(steps), **c)
-    elif name in ("mixing_epsilon", "epsilon", "eps"):
-        vals = jtrain.mixing_epsilon(jnp.asarray(steps), **c)
-    elif name in ("ema_decay",):
-        vals = jtrain.ema_decay(c.get("decay", 0.9999), jnp.asarray(steps))
+    c = case.config
+    name = c["name"]
+    p = dict(c.get("params", {}))
+    # Schedules are float64 in the oracle; steps up to 400K and products like
+    # base_lr * step / warmup lose nothing in float32 that the tolerance sees.
+    steps = jnp.asarray(np.asarray(case.inputs["steps"]))
+    if name == "learning_rate":
+        vals = jtrain.learning_rate(steps, **p)
+    elif name == "mixing_epsilon":
+        vals = jtrain.mixing_epsilon(steps, **p)
+    elif name == "ema_decay":
+        vals = jtrain.ema_decay(p.get("decay", 0.9999), steps)
     else:
         raise UnsupportedCase(f"jax backend: unknown schedule {name!r}")
     return {"values": vals}
@@ -475,9 +764,16 @@ _RUNNERS = {
     "basis_dropout": _run_basis_dropout,
     "block": _run_block,
     "model": _run_model,
+    "basisnet": _run_basisnet,
+    "early_exit": _run_early_exit,
+    "condconv": _run_condconv,
+    "train_steps": _run_train_steps,
     "schedule": _run_schedule,
 }
 
 _LAYER_RUNNERS = {
     "model": _layer_model,
+    "basisnet": _layer_basisnet,
+    "condconv": _layer_condconv,
+    "train_steps": _layer_train_steps,
 }

@@ -160,7 +160,7 @@ def layer_forward(arch, params, layer, x, *, train, dropout_mask=None,
 
 
 def forward(arch, params, x, *, train, dropout_mask=None, precision=lax.Precision.HIGHEST,
-            per_example=None, dtype=None):
+            per_example=None, dtype=None, block_params=None):
     """The whole network: ``x (B, R, R, 3) -> (logits (B, K), aux)``.
 
     ``aux`` holds ``activations`` (layer name -> output, in ``arch.layer_names()``
@@ -169,7 +169,8 @@ def forward(arch, params, x, *, train, dropout_mask=None, precision=lax.Precisio
     mode with ``arch.dropout_rate > 0`` the classifier ``dropout_mask``
     ``(B, F)`` must be given (the oracle's draw, replayed). ``dtype`` casts
     the input and parameters for the compute (bf16 tier); moving statistics
-    stay in their own dtype.
+    stay in their own dtype. ``block_params(index, x_block, params) -> params``
+    optionally replaces the parameters a block sees (CondConv routing).
     """
     if dtype is not None:
         x = x.astype(dtype)
@@ -181,6 +182,10 @@ def forward(arch, params, x, *, train, dropout_mask=None, precision=lax.Precisio
     for layer in arch.layer_names():
         if layer == "head.logits":
             features = h
-        h = _layer(ctx, params, layer, h, dropout_mask)
+        p = params
+        if block_params is not None and layer.startswith("blocks."):
+            # CondConv: the block's weights may depend on its own input.
+            p = block_params(int(layer.split(".")[1]), h, params)
+        h = _layer(ctx, p, layer, h, dropout_mask)
         acts[layer] = h
     return h, {"activations": acts, "features": features, "new_state": ctx.new_state}

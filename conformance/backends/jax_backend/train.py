@@ -144,3 +144,100 @@ def clip_by_global_norm(grads, clip_norm):
     norm = global_norm(grads)
     scale = clip_norm / jnp.maximum(norm, clip_norm)
     return {n: g * scale for n, g in grads.items()}, norm
+
+
+# --------------------------------------------------------------------------
+# Losses and the train step (refbasis.train.step)
+# --------------------------------------------------------------------------
+
+
+def head_loss(logits, labels, spec, teacher_logits=None):
+    """Per-example loss of one head (``refbasis.train.step.HeadLoss``):
+    ``(1 - w) * CE(labels, ls) + w * T^2 CE(softmax(t/T), s/T)`` with
+    ``w = distill_weight`` if ``distill`` else 0."""
+    from conformance.backends.jax_backend import ops
+
+    w = spec.distill_weight if spec.distill else 0.0
+    loss = jnp.zeros(logits.shape[0], jnp.float32)
+    if w < 1.0:
+        loss = loss + (1.0 - w) * ops.softmax_cross_entropy(
+            logits, labels, label_smoothing=spec.label_smoothing)
+    if w > 0.0:
+        loss = loss + w * ops.distillation_loss(logits, teacher_logits,
+                                                temperature=spec.temperature)
+    return loss
+
+
+def l2_penalty(params, weight_decay, names, form="half"):
+    """``coef * wd * sum ||w||^2`` over ``names``; coef 1/2 ("half", TF
+    ``l2_regularizer``) or 1 ("full")."""
+    coef = 0.5 if form == "half" else 1.0
+    if not names:
+        return jnp.float32(0.0)
+    return coef * weight_decay * sum(jnp.sum(jnp.square(params[n])) for n in names)
+
+
+def make_train_step(apply, config, *, state_suffixes=(".bn.moving_mean", ".bn.moving_var")):
+    """Build ``step_fn(params, opt, ema, batch, step) -> (params, opt, ema, metrics)``.
+
+    ``apply(params, batch, eps) -> (dict head -> logits, new_bn_state)`` runs
+    the model in train mode with the batch's replayed masks. ``config`` is the
+    oracle's ``TrainConfig``. One step in TF's order (refbasis.train.step):
+    schedules at ``step`` -> forward -> sum over heads of weight * batch-mean
+    loss + L2 on every ``*.kernel`` -> ``jax.grad`` -> global-norm clipping ->
+    RMSProp -> BN moving statistics from this forward -> EMA of every
+    parameter with ``num_updates = step + 1``. ``step`` may be traced.
+    """
+    heads = tuple(config.heads)
+    lr_kw = config.lr_kwargs()
+
+    def loss_fn(tp, sp, batch, eps):
+        outputs, new_state = apply({**sp, **tp}, batch, eps)
+        total = jnp.float32(0.0)
+        metrics = {}
+        for head, spec in heads:
+            z = outputs[head]
+            per_ex = head_loss(z, batch["label"], spec,
+                               batch.get("teacher_logits") if spec.distill else None)
+            lh = jnp.mean(per_ex)
+            metrics[f"loss/{head}"] = lh
+            total = total + spec.weight * lh
+        wd_names = [n for n in tp if n.endswith(".kernel")]
+        total = total + l2_penalty(tp, config.weight_decay, wd_names, config.l2_form)
+        return total, (new_state, metrics)
+
+    def step_fn(params, opt, ema, batch, step):
+        step = jnp.asarray(step)
+        lr = learning_rate(step, **lr_kw)
+        eps = mixing_epsilon(step, hold_steps=config.eps_hold_steps,
+                             decay_steps=config.eps_decay_steps)
+        tp = {k: v for k, v in params.items() if not k.endswith(state_suffixes)}
+        sp = {k: v for k, v in params.items() if k.endswith(state_suffixes)}
+        (total, (new_state, metrics)), grads = jax.value_and_grad(loss_fn, has_aux=True)(
+            tp, sp, batch, eps)
+        if config.clip_norm is not None:
+            grads, gnorm = clip_by_global_norm(grads, config.clip_norm)
+        else:
+            gnorm = global_norm(grads)
+        new_params, new_opt = rmsprop_update(
+            params, grads, opt, lr, decay=config.rmsprop_decay,
+            momentum=config.rmsprop_momentum, epsilon=config.rmsprop_epsilon,
+            variant=config.rmsprop_variant)
+        new_params.update({k: v.astype(params[k].dtype) for k, v in new_state.items()})
+        new_ema = ema
+        if ema is not None:
+            nu = step + 1 if config.ema_num_updates else None
+            new_ema = ema_update(ema, new_params, decay=config.ema_decay, num_updates=nu)
+        metrics.update(loss=total, lr=lr, grad_norm=gnorm, eps=eps)
+        return new_params, new_opt, new_ema, metrics
+
+    return step_fn
+
+
+def init_train_state(params, config, *, state_suffixes=(".bn.moving_mean", ".bn.moving_var")):
+    """``(opt, ema)``: RMSProp slots over the trainable names and an EMA shadow
+    equal to the initial parameters (None when ``config.ema_decay`` is None)."""
+    names = [k for k in params if not k.endswith(state_suffixes)]
+    opt = rmsprop_init(params, config.rmsprop_variant, names=names)
+    ema = dict(params) if config.ema_decay is not None else None
+    return opt, ema
