@@ -207,3 +207,29 @@ def test_preset_validation_and_cli_parser(capsys):
     assert main(["train", "--preset", "digits", "--set", "base_lr=-1"]) == 2
     assert "argument 'base_lr'" in capsys.readouterr().err
     assert json.loads(json.dumps(DigitsPreset().as_dict()))["num_bases"] == 4
+
+
+def test_digits_preset_smoke_report_is_consistent():
+    pytest.importorskip("sklearn")
+    from refbasis.train.presets import format_report, run_digits
+
+    preset = DigitsPreset(epochs=1, batch_size=32, specialist_resolution=32,
+                          per_basis_layers=(15, 15), base_lr=0.005, warmup_epochs=0.0,
+                          max_train=320, max_test=100)
+    r = run_digits(preset, progress=False)
+    assert r["data"]["test"] == 100
+    assert r["data"]["steps"] == 10 == len(r["history"]["basisnet_loss"])
+    # (learning itself is checked with a margin in test_basisnet_training_reduces_loss...)
+    assert np.all(np.isfinite(r["history"]["basisnet_loss"]))
+    m, et = r["models"], r["early_termination"]
+    # threshold 0: every example exits -> the lightweight model alone
+    assert et[0]["exit_share"] == 1.0 and et[0]["accuracy"] == m["light"]["accuracy_ema"]
+    assert et[0]["average_madds"] == m["light"]["madds"]
+    # threshold above 1: nobody exits -> the specialist, at the full BasisNet cost
+    assert et[-1]["exit_share"] == 0.0
+    assert et[-1]["accuracy"] == m["basisnet_specialist"]["accuracy_ema"]
+    assert et[-1]["average_madds"] == pytest.approx(m["basisnet_specialist"]["madds"])
+    shares = [row["exit_share"] for row in et]
+    assert shares == sorted(shares, reverse=True)
+    assert "| mobilenet |" in format_report(r)
+    json.dumps(r)  # the report is JSON-able

@@ -127,6 +127,8 @@ def test_rmsprop_errors_name_the_argument():
         rmsprop_update(params, {"w": np.array([1.0, 2.0])}, st_, 0.1)
     with pytest.raises(TypeError, match=r"grads\['w'\]' must have a floating dtype"):
         rmsprop_update(params, {"w": np.array([1])}, st_, 0.1)
+    with pytest.raises(ValueError, match="argument 'epsilon' must be in \\(0.0, inf\\]"):
+        rmsprop_update(params, {"w": np.array([1.0])}, st_, 0.1, epsilon=0.0)
     with pytest.raises(ValueError, match="argument 'variant'"):
         rmsprop_init(params, "adam")
     with pytest.raises(ValueError, match="argument 'names'"):

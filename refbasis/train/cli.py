@@ -86,8 +86,15 @@ def main(args) -> int:
     except (TypeError, ValueError) as exc:
         print(f"refbasis train: {exc}", file=sys.stderr)
         return 2
-    report = run_digits(preset, checkpoint_dir=args.checkpoint_dir, resume=args.resume,
-                        progress=not args.no_progress, checkpoint_every=args.checkpoint_every)
+    from refbasis.train.checkpoint import CheckpointMismatchError
+
+    try:
+        report = run_digits(preset, checkpoint_dir=args.checkpoint_dir, resume=args.resume,
+                            progress=not args.no_progress,
+                            checkpoint_every=args.checkpoint_every)
+    except CheckpointMismatchError as exc:
+        print(f"refbasis train: {exc}", file=sys.stderr)
+        return 2
     print(format_report(report))
     if args.json:
         _write_json_atomic(args.json, report)

@@ -94,7 +94,7 @@ def _check_update_args(params, grads, state, lr, decay, momentum, epsilon, varia
     lr = check_real(lr, "lr", lo=0.0, fn=fn)
     decay = check_real(decay, "decay", lo=0.0, hi=1.0, fn=fn)
     momentum = check_real(momentum, "momentum", lo=0.0, hi=1.0, fn=fn)
-    epsilon = check_real(epsilon, "epsilon", lo=0.0, fn=fn)
+    epsilon = check_real(epsilon, "epsilon", lo=0.0, lo_open=True, fn=fn)
     for argname, d in (("params", params), ("grads", grads), ("state", state)):
         if not isinstance(d, dict):
             raise TypeError(f"{fn}: argument '{argname}' must be a dict, got {type(d).__name__}")

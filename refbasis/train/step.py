@@ -135,7 +135,10 @@ class TrainConfig:
         check_choice(self.rmsprop_variant, "rmsprop_variant", RMSPROP_VARIANTS, fn=fn)
         check_real(self.rmsprop_decay, "rmsprop_decay", lo=0.0, hi=1.0, fn=fn)
         check_real(self.rmsprop_momentum, "rmsprop_momentum", lo=0.0, hi=1.0, fn=fn)
-        check_real(self.rmsprop_epsilon, "rmsprop_epsilon", lo=0.0, fn=fn)
+        check_real(self.rmsprop_epsilon, "rmsprop_epsilon", lo=0.0, lo_open=True, fn=fn)
+        if not isinstance(self.ema_num_updates, bool):
+            raise TypeError(f"{fn}: argument 'ema_num_updates' must be a bool, "
+                            f"got {self.ema_num_updates!r}")
         check_real(self.weight_decay, "weight_decay", lo=0.0, fn=fn)
         check_choice(self.l2_form, "l2_form", L2_FORMS, fn=fn)
         if self.clip_norm is not None:
