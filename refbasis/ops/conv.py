@@ -401,13 +401,24 @@ def _conv_gemm_vjp(x, w, dy, g):
 # --------------------------------------------------------------------------
 #
 # No GEMM to hide behind, so the kernel is chosen per shape from measurements
-# (benchmarks/bench_conv.py, float32, batch 8, MobileNetV3-Large shapes):
-# with few channels the einsum over a sliding-window view iterates a short
-# inner loop and the per-tap multiply-add into preallocated buffers wins; from
-# _EINSUM_MIN_CHANNELS channels on the single-pass einsum is 1.5-2.5x faster.
-# dx is the transposed correlation, computed per stride phase (see below).
+# (benchmarks/bench_conv.py and bench_mobilenet.py, float32, batch 8,
+# MobileNetV3-Large shapes, 1 thread): from _EINSUM_MIN_CHANNELS channels on
+# the single-pass einsum over a sliding-window view is fastest; below it
+# einsum's inner loop runs over the few channels only, and the per-tap
+# multiply-add wins (blocks.1, 16 channels: 2-3x faster than einsum).
+#
+# The taps kernel keeps every operand's (width, channel) axes contiguous so
+# that numpy runs one long inner loop per row instead of one per pixel: a
+# tap's weights are tiled along the row, strided inputs are first split into
+# contiguous stride phases, and the output is built in chunks of a few rows
+# that stay in cache across the k*k taps.
+#
+# dx is the transposed correlation, computed per stride phase of the input
+# (see _depthwise_dx) with the same two kernels, and dw is one dot product
+# per tap.
 
 _EINSUM_MIN_CHANNELS = 32
+_TAPS_CHUNK = 1 << 15  # output elements per chunk of the taps kernel (fits L2)
 
 
 def _pad_input(x, g):
@@ -425,73 +436,153 @@ def _windows(xp, g, ho, wo):
     return v[:, :g.sh * (ho - 1) + 1:g.sh, :g.sw * (wo - 1) + 1:g.sw]
 
 
-def _tap_window(xp, g, i, j):
-    return xp[:, i:i + g.sh * (g.ho - 1) + 1:g.sh, j:j + g.sw * (g.wo - 1) + 1:g.sw]
-
-
 def _dw_kernel(w, g):
     """(kh, kw, C) shared or (B, kh, kw, C) per example."""
     return w[..., 0, :]
 
 
-def _depthwise_taps(xp, wk, g):
-    out = np.empty((g.B, g.ho, g.wo, xp.shape[-1]), dtype=xp.dtype)
-    tmp = np.empty_like(out)
-    for i in range(g.kh):
-        for j in range(g.kw):
-            wt = wk[:, i, j][:, None, None, :] if g.per_example else wk[i, j]
-            if i == 0 and j == 0:
-                np.multiply(_tap_window(xp, g, i, j), wt, out=out)
-            else:
-                np.multiply(_tap_window(xp, g, i, j), wt, out=tmp)
-                out += tmp
+def _tap_phases(xp, g):
+    """Contiguous stride phases of the padded input and the taps reading them.
+
+    Returns (src, taps): src maps (a, b) to xp[:, a::sh, b::sw] (xp itself at
+    stride 1); tap (key, di, dj, i, j) reads src[key][:, di + r, dj + q] for
+    output pixel (r, q), i.e. xp[:, r*sh + i, q*sw + j].
+    """
+    if g.sh == 1 and g.sw == 1:
+        src = {(0, 0): xp}
+    else:
+        src = {(a, b): np.ascontiguousarray(xp[:, a::g.sh, b::g.sw])
+               for a in range(min(g.sh, g.kh)) for b in range(min(g.sw, g.kw))}
+    taps = [((i % g.sh, j % g.sw), i // g.sh, j // g.sw, i, j)
+            for i in range(g.kh) for j in range(g.kw)]
+    return src, taps
+
+
+def _tile_taps(wk, wo):
+    """(kh, kw, C) -> contiguous (kh, kw, wo, C): each tap's weights repeated
+    along an output row, so they stream alongside the row's (wo, C) pixels."""
+    kh, kw, c = wk.shape
+    return np.ascontiguousarray(np.broadcast_to(wk[:, :, None, :], (kh, kw, wo, c)))
+
+
+def _tap_sum(src, taps, wk, per_example, ho, wo):
+    """out[b, r, q] = sum over taps (key, di, dj, i, j), in order, of
+    src[key][b, r + di, q + dj] * wk[(b,) i, j]; out (B, ho, wo, C)."""
+    first = next(iter(src.values()))
+    bsz, c = first.shape[0], first.shape[-1]
+    out = np.empty((bsz, ho, wo, c), dtype=first.dtype)
+    if out.size == 0:
+        return out
+    rows = max(1, min(ho, _TAPS_CHUNK // (wo * c)))
+    tmp = np.empty((rows, wo, c), dtype=out.dtype)
+    shared = None if per_example else _tile_taps(wk, wo)
+    for b in range(bsz):
+        wt = _tile_taps(wk[b], wo) if per_example else shared
+        for r0 in range(0, ho, rows):
+            r1 = min(ho, r0 + rows)
+            o, t = out[b, r0:r1], tmp[:r1 - r0]
+            for n, (key, di, dj, i, j) in enumerate(taps):
+                win = src[key][b, r0 + di:r1 + di, dj:dj + wo]
+                if n == 0:
+                    np.multiply(win, wt[i, j], out=o)
+                else:
+                    np.multiply(win, wt[i, j], out=t)
+                    o += t
     return out
 
 
-def _depthwise_einsum(xp, wk, g):
-    spec = "bhwcij,bijc->bhwc" if g.per_example else "bhwcij,ijc->bhwc"
-    return np.einsum(spec, _windows(xp, g, g.ho, g.wo), wk)
+def _correlate_valid(src, wk, per_example, ho, wo, einsum):
+    """Stride-1 unpadded depthwise correlation of src (B, ho+kh-1, wo+kw-1, C)
+    with wk (kh, kw, C) or (B, kh, kw, C): (B, ho, wo, C)."""
+    kh, kw = wk.shape[-3:-1]
+    if einsum:
+        spec = "bhwcij,bijc->bhwc" if per_example else "bhwcij,ijc->bhwc"
+        v = sliding_window_view(src, (kh, kw), axis=(1, 2))[:, :ho, :wo]
+        return np.einsum(spec, v, wk)
+    taps = [((0, 0), i, j, i, j) for i in range(kh) for j in range(kw)]
+    return _tap_sum({(0, 0): src}, taps, wk, per_example, ho, wo)
+
+
+def _tap_dots(src, taps, dy, per_example, kh, kw):
+    """dw[(b,) i, j] = sum over (b,) r, q of xp[b, r*sh + i, q*sw + j] * dy[b, r, q]."""
+    ho, wo, c = dy.shape[1:]
+    lead = (dy.shape[0],) if per_example else ()
+    dw = np.empty(lead + (kh, kw, c), dtype=dy.dtype)
+    spec = "bhwc,bhwc->bc" if per_example else "bhwc,bhwc->c"
+    for key, di, dj, i, j in taps:
+        dw[..., i, j, :] = np.einsum(spec, src[key][:, di:di + ho, dj:dj + wo], dy)
+    return dw
+
+
+def _zero_extended(a, r0, nr, c0, nc):
+    """a[:, r0:r0+nr, c0:c0+nc] of a (B, H, W, C), zeros outside a (r0, c0 may be
+    negative, the window may overhang); a view when it lies inside a."""
+    bsz, h, w, c = a.shape
+    if r0 >= 0 and c0 >= 0 and r0 + nr <= h and c0 + nc <= w:
+        return a[:, r0:r0 + nr, c0:c0 + nc]
+    out = np.zeros((bsz, nr, nc, c), dtype=a.dtype)
+    lo_r, hi_r = max(r0, 0), min(r0 + nr, h)
+    lo_c, hi_c = max(c0, 0), min(c0 + nc, w)
+    if lo_r < hi_r and lo_c < hi_c:
+        out[:, lo_r - r0:hi_r - r0, lo_c - c0:hi_c - c0] = a[:, lo_r:hi_r, lo_c:hi_c]
+    return out
+
+
+def _phase_span(n_in, pad, k, s, a):
+    """Input positions h = h0 + s*n (n < count) whose padded index h + pad is
+    a (mod s); m0 = (h0 + pad) // s is the output index aligned with n = 0 and
+    ka the number of kernel taps a, a + s, ... < k reading them."""
+    h0 = (a - pad) % s
+    count = len(range(h0, n_in, s))
+    return h0, count, (h0 + pad) // s, len(range(a, k, s))
+
+
+def _depthwise_dx(wk, dy, g, einsum):
+    """dx of the depthwise conv, one stride phase (a, b) of the padded input at
+    a time. Padded row p = a + s*m is read by taps i = a + s*u at output row
+    m - u, so dx over the phase is a stride-1 correlation of dy (zero-extended)
+    with the flipped sub-kernel w[a::s][::-1]: no multiplications by the zeros
+    of a dilated dy, and at stride 1 one correlation that is dx itself."""
+    (t, _), (left, _) = g.pads
+    c = dy.shape[-1]
+    covered = g.sh <= g.kh and g.sw <= g.kw      # every input pixel is read by a tap
+    dx = (np.empty if covered else np.zeros)((g.B, g.H, g.W, c), dtype=dy.dtype)
+    for a in range(min(g.sh, g.kh)):
+        h0, nh, m0, ka = _phase_span(g.H, t, g.kh, g.sh, a)
+        for b in range(min(g.sw, g.kw)):
+            w0, nw, q0, kb = _phase_span(g.W, left, g.kw, g.sw, b)
+            if nh == 0 or nw == 0:
+                continue
+            sub = wk[..., a::g.sh, b::g.sw, :][..., ::-1, ::-1, :]
+            src = _zero_extended(dy, m0 - ka + 1, nh + ka - 1, q0 - kb + 1, nw + kb - 1)
+            part = _correlate_valid(src, sub, g.per_example, nh, nw, einsum)
+            if g.sh == 1 and g.sw == 1:
+                return part
+            dx[:, h0::g.sh, w0::g.sw] = part
+    return dx
 
 
 def _depthwise(x, w, g):
     xp = _pad_input(x, g)
     wk = _dw_kernel(w, g)
     if x.shape[-1] >= _EINSUM_MIN_CHANNELS:
-        return _depthwise_einsum(xp, wk, g)
-    return _depthwise_taps(xp, wk, g)
+        spec = "bhwcij,bijc->bhwc" if g.per_example else "bhwcij,ijc->bhwc"
+        return np.einsum(spec, _windows(xp, g, g.ho, g.wo), wk)
+    src, taps = _tap_phases(xp, g)
+    return _tap_sum(src, taps, wk, g.per_example, g.ho, g.wo)
 
 
 def _depthwise_vjp(x, w, dy, g):
     xp = _pad_input(x, g)
     wk = _dw_kernel(w, g)
-    c = x.shape[-1]
-    spec = "bhwcij,bhwc->bijc" if g.per_example else "bhwcij,bhwc->ijc"
-    dw = np.einsum(spec, _windows(xp, g, g.ho, g.wo), dy)[..., None, :]
-    # dx, one stride phase of the padded input at a time: rows a + sh*r are read
-    # only by taps i = a (mod sh), at output row r - i // sh. That is a stride-1
-    # "full" correlation of dy with the flipped sub-kernel w[a::sh, b::sw]
-    # (no multiplications by the zeros of a dilated dy).
-    (t, _), (left, _) = g.pads
-    hp, wp = (g.ho - 1) * g.sh + g.kh, (g.wo - 1) * g.sw + g.kw   # rows ever read
-    dxp = np.zeros((g.B, hp, wp, c), dtype=dy.dtype)
-    for a in range(min(g.sh, g.kh)):
-        for b in range(min(g.sw, g.kw)):
-            sub = wk[..., a::g.sh, b::g.sw, :][..., ::-1, ::-1, :]
-            ka, kb = sub.shape[-3], sub.shape[-2]
-            dyp = np.zeros((g.B, g.ho + 2 * (ka - 1), g.wo + 2 * (kb - 1), c), dtype=dy.dtype)
-            dyp[:, ka - 1:ka - 1 + g.ho, kb - 1:kb - 1 + g.wo] = dy
-            gt = _Geom()
-            gt.B, gt.kh, gt.kw, gt.sh, gt.sw = g.B, ka, kb, 1, 1
-            gt.ho, gt.wo, gt.per_example = g.ho + ka - 1, g.wo + kb - 1, g.per_example
-            part = (_depthwise_einsum(dyp, sub, gt) if c >= _EINSUM_MIN_CHANNELS
-                    else _depthwise_taps(dyp, sub, gt))
-            target = dxp[:, a::g.sh, b::g.sw]
-            target[...] = part[:, :target.shape[1], :target.shape[2]]
-    dx = np.zeros((g.B, g.H, g.W, c), dtype=dy.dtype)
-    hh, ww = min(g.H, hp - t), min(g.W, wp - left)
-    if hh > 0 and ww > 0:
-        dx[:, :hh, :ww] = dxp[:, t:t + hh, left:left + ww]
-    return dx, dw
+    einsum = x.shape[-1] >= _EINSUM_MIN_CHANNELS
+    if einsum:
+        spec = "bhwcij,bhwc->bijc" if g.per_example else "bhwcij,bhwc->ijc"
+        dw = np.einsum(spec, _windows(xp, g, g.ho, g.wo), dy)
+    else:
+        src, taps = _tap_phases(xp, g)
+        dw = _tap_dots(src, taps, dy, g.per_example, g.kh, g.kw)
+    return _depthwise_dx(wk, dy, g, einsum), dw[..., None, :]
 
 
 def _is_depthwise(g):
