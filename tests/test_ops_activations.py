@@ -151,3 +151,43 @@ def test_bad_inputs():
         A.hard_swish_vjp(np.zeros(3), np.zeros(4))
     with pytest.raises(TypeError, match="argument 'x'"):
         A.sigmoid("abc")
+
+
+def _bits(a):
+    return a.view(f"u{a.itemsize}")
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_masked_vjps_select_like_np_where_bit_for_bit(dtype):
+    # relu/relu6 VJPs select dy or +0.0 without np.where; NaN/Inf in dy at
+    # masked entries must give +0.0 (not NaN), -0.0 in dy must survive where
+    # kept, and NaN x is masked out, exactly as np.where(mask, dy, 0.0).
+    from refbasis.precision import compute_precision
+
+    special = [np.nan, np.inf, -np.inf, -0.0, 0.0, -1.5, 2.5, 6.0, -6.0, 7.0, 1e-30]
+    xs, dys = (np.array(v, dtype=dtype).reshape(-1) for v in np.meshgrid(special, special))
+    with compute_precision(dtype):
+        got_relu = A.relu_vjp(xs, dys)
+        got_relu6 = A.relu6_vjp(xs, dys)
+    want_relu = np.where(xs > 0.0, dys, dtype(0.0))
+    want_relu6 = np.where((xs > 0.0) & (xs < 6.0), dys, dtype(0.0))
+    assert got_relu.dtype == got_relu6.dtype == np.dtype(dtype)
+    np.testing.assert_array_equal(_bits(got_relu), _bits(want_relu))
+    np.testing.assert_array_equal(_bits(got_relu6), _bits(want_relu6))
+
+
+def test_hard_vjps_match_textbook_expressions_bit_for_bit():
+    # The in-place evaluation keeps the operations (and so the bits) of
+    # dy * (hs(x) + x * hs'(x)) with hs' = where(0 < x + 3 < 6, 1/6, 0).
+    rng = np.random.default_rng(7)
+    x = np.concatenate([rng.uniform(-5, 5, 200), [-3.0, 3.0, 0.0, -0.0, np.nan, np.inf]])
+    dy = np.concatenate([rng.standard_normal(200), [1.0, -1.0, -0.0, 2.0, 1.0, 1.0]])
+    z = x + 3.0
+    hs = np.minimum(np.maximum(z, 0.0), 6.0) / 6.0
+    hs_grad = np.where((z > 0.0) & (z < 6.0), 1.0 / 6.0, 0.0)
+    with np.errstate(invalid="ignore"):
+        got_swish = A.hard_swish_vjp(x, dy)
+        want_swish = dy * (hs + x * hs_grad)
+    np.testing.assert_array_equal(_bits(got_swish), _bits(want_swish))
+    np.testing.assert_array_equal(_bits(A.hard_sigmoid_vjp(x, dy)), _bits(dy * hs_grad))
+    np.testing.assert_array_equal(_bits(A.hard_swish(x)), _bits(x * hs))

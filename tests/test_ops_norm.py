@@ -196,3 +196,140 @@ def test_float32_mode_computes_in_float32_and_default_upcasts():
         dx, dg, db = batch_norm_vjp(x, gamma, beta, mm, mv, np.ones_like(x), train=True)
     assert {a.dtype for a in (y32, nm, nv, dx, dg, db)} == {np.dtype(np.float32)}
     np.testing.assert_allclose(y32, y64, rtol=1e-4, atol=1e-4)
+
+
+def _bn_args(x, seed=11):
+    rng = np.random.default_rng(seed)
+    c = x.shape[-1]
+    return rng.uniform(0.5, 2.0, c), rng.normal(0, 1, c), np.zeros(c), np.ones(c)
+
+
+def test_large_offset_statistics_are_centred():
+    # A per-channel offset leaves y, dx, dgamma and dbeta unchanged in exact
+    # arithmetic. With |mean| / std = 1e8 a one-pass E[x^2] - mean^2 loses
+    # every digit of the variance (eps * 1e16 ~ 2 against var ~ 1); the
+    # centred two-pass statistics only see x's own rounding (~1e-8 relative).
+    rng = np.random.default_rng(12)
+    z = rng.normal(0.0, 1.0, (4, 5, 5, 3))
+    offset = np.array([1e8, -3e7, 5e6])
+    x = z + offset
+    gamma, beta, mm, mv = _bn_args(z)
+    dy = rng.standard_normal(z.shape)
+    y_ref, m_ref, v_ref = batch_norm(z, gamma, beta, mm, mv, train=True, decay=0.0)
+    y, m, v = batch_norm(x, gamma, beta, mm, mv, train=True, decay=0.0)
+    np.testing.assert_allclose(y, y_ref, rtol=0, atol=1e-6)
+    np.testing.assert_allclose(m, m_ref + offset, rtol=1e-12)
+    np.testing.assert_allclose(v, v_ref, rtol=1e-6)
+    for got, want in zip(
+        batch_norm_vjp(x, gamma, beta, mm, mv, dy, train=True),
+        batch_norm_vjp(z, gamma, beta, mm, mv, dy, train=True),
+        strict=True,
+    ):
+        np.testing.assert_allclose(got, want, rtol=0, atol=1e-6)
+    # Eval mode with moving_mean at the offset: the centred (x - mu) form.
+    mm_off = mm + offset
+    y_ev, _, _ = batch_norm(x, gamma, beta, mm_off, mv, train=False)
+    np.testing.assert_allclose(y_ev, batch_norm(z, gamma, beta, mm, mv, train=False)[0],
+                               rtol=0, atol=1e-6)
+    dg_ev = batch_norm_vjp(x, gamma, beta, mm_off, mv, dy, train=False)[1]
+    np.testing.assert_allclose(dg_ev, batch_norm_vjp(z, gamma, beta, mm, mv, dy, train=False)[1],
+                               rtol=0, atol=1e-6)
+
+
+@pytest.mark.parametrize("train", [True, False])
+@pytest.mark.parametrize("bad", [np.nan, np.inf, -np.inf])
+def test_non_finite_x_named_before_later_arguments(train, bad):
+    # x's finite check runs on its channel sums; a bad entry must still be
+    # named (first in C order) and win over errors in later arguments.
+    x, gamma, beta, mm, mv = _nhwc(13)
+    x[2, 1, 4, 5] = bad
+    x[3, 0, 0, 0] = bad
+    dy = np.ones_like(x)
+    msg = r"argument 'x' must be finite, found -?(nan|inf) at index \(2, 1, 4, 5\)"
+    with pytest.raises(ValueError, match="batch_norm: " + msg):
+        batch_norm(x, gamma, beta, mm, mv, train=train)
+    with pytest.raises(ValueError, match="batch_norm_vjp: " + msg):
+        batch_norm_vjp(x, gamma, beta, mm, mv, dy, train=train)
+    with pytest.raises(ValueError, match=msg):
+        batch_norm(x, gamma[:5], beta, mm, mv, train=train)
+    # Opposite infinities cancel to NaN in a sum: still caught.
+    x2 = _nhwc(13)[0]
+    x2[0, 0, 0, 1], x2[1, 0, 0, 1] = np.inf, -np.inf
+    with pytest.raises(ValueError, match=r"found inf at index \(0, 0, 0, 1\)"):
+        batch_norm(x2, gamma, beta, mm, mv, train=train)
+
+
+def test_finite_x_with_overflowing_float32_sums_is_accepted():
+    from refbasis.precision import float32_mode
+
+    # Finite entries whose float32 channel sum overflows are not an input
+    # error (the full scan decides), as without the sum-based shortcut; and a
+    # float64 entry beyond float32's range is judged as given (finite).
+    x, gamma, beta, mm, mv = (a.astype(np.float32) for a in _nhwc(14))
+    x[:, :, :, 0] = 3e38
+    x64 = _nhwc(14)[0]
+    x64[0, 0, 0, 0] = 1e300
+    with float32_mode(), np.errstate(all="ignore"):
+        y, nm, _ = batch_norm(x, gamma, beta, mm, mv, train=False)
+        batch_norm(x64, gamma, beta, mm, mv, train=False)
+        batch_norm_vjp(x, gamma, beta, mm, mv, np.ones_like(x), train=True)
+    assert np.all(np.isfinite(y[..., 1:]))
+    np.testing.assert_array_equal(nm, mm)
+
+
+def _textbook(x, gamma, beta, mm, mv, dy, train, eps=1e-3):
+    """The unfused expressions (y, dx, dgamma, dbeta), one temporary per step."""
+    axes = tuple(range(x.ndim - 1))
+
+    def bc(p):
+        return p if p.ndim == 1 else p.reshape((p.shape[0],) + (1,) * (x.ndim - 2) + (-1,))
+
+    def reduce_like(a, p):
+        if p.ndim == 1:
+            return a.sum(axis=axes)
+        return a.sum(axis=tuple(range(1, a.ndim - 1))) if a.ndim > 2 else a
+
+    if train:
+        mean = x.mean(axis=axes)
+        xc = x - mean
+        var = (xc * xc).mean(axis=axes)
+        y = bc(gamma) * (xc / np.sqrt(var + eps)) + bc(beta)
+    else:
+        mean, var = mm, mv
+        y = bc(gamma) * ((x - mean) * (1.0 / np.sqrt(var + eps))) + bc(beta)
+    inv = 1.0 / np.sqrt(var + eps)
+    xhat = (x - mean) * inv
+    g = dy * bc(gamma)
+    if train:
+        dx = inv * (g - g.mean(axis=axes) - xhat * (g * xhat).mean(axis=axes))
+    else:
+        dx = g * inv
+    return y, dx, reduce_like(dy * xhat, gamma), reduce_like(dy, beta)
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("shape", [(4, 6, 5, 7), (8, 9, 9, 1), (6, 5, 3), (5, 4), (7, 1)])
+@pytest.mark.parametrize("per_example", [False, True])
+@pytest.mark.parametrize("train", [True, False])
+def test_fused_kernels_reproduce_textbook_bits(dtype, shape, per_example, train):
+    # The goldens' float32 draw acceptance depends on the oracle's rounding:
+    # the in-place kernels must give the unfused expressions' exact bits
+    # (einsum accumulates row by row like numpy's sum for C >= 2; C = 1 takes
+    # the plain path).
+    from refbasis.precision import compute_precision
+
+    rng = np.random.default_rng(15)
+    b, c = shape[0], shape[-1]
+    x = rng.normal(0.7, 1.9, shape).astype(dtype)
+    dy = rng.standard_normal(shape).astype(dtype)
+    pshape = (b, c) if per_example else (c,)
+    gamma = rng.uniform(0.5, 1.5, pshape).astype(dtype)
+    beta = rng.normal(0, 0.5, pshape).astype(dtype)
+    mm, mv = rng.normal(0, 1, c).astype(dtype), rng.uniform(0.5, 2, c).astype(dtype)
+    with compute_precision(dtype):
+        y, _, _ = batch_norm(x, gamma, beta, mm, mv, train=train)
+        dx, dg, db = batch_norm_vjp(x, gamma, beta, mm, mv, dy, train=train)
+    for got, want in zip((y, dx, dg, db), _textbook(x, gamma, beta, mm, mv, dy, train),
+                         strict=True):
+        assert got.dtype == want.dtype == np.dtype(dtype)
+        np.testing.assert_array_equal(got.view(f"u{got.itemsize}"), want.view(f"u{want.itemsize}"))
