@@ -27,6 +27,7 @@ never bound at import time here, so the planted-fault backends of
 from __future__ import annotations
 
 import hashlib
+import importlib
 from collections import OrderedDict
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -52,6 +53,14 @@ __all__ = [
 F32 = np.float32
 
 
+def _mod(name: str):
+    # Submodules by full name: ``from refbasis.ops import dense`` would get the
+    # function re-exported by the package, not the module.
+    return importlib.import_module(name)
+
+MAX_DRAWS = 40
+
+
 @dataclass(frozen=True)
 class CaseSpec:
     suite: str
@@ -59,6 +68,12 @@ class CaseSpec:
     kind: str
     family: str
     make: Callable[[np.random.Generator], tuple[dict, dict]]
+    #: Re-draw the inputs (same Generator, continued) until the oracle's own
+    #: float32 error on every output is at most this. Deep train-mode networks
+    #: with ReLU-type kinks occasionally put a pre-activation within float32
+    #: rounding of a kink; a float32 port then takes the other branch and the
+    #: case would test luck, not conformance. None = no check.
+    max_f32_error: float | None = None
 
     @property
     def id(self) -> str:
@@ -100,7 +115,7 @@ def _conv_case(b, h, w, cin, cout, k, stride, padding, groups=1, per_example=Fal
     stride = [stride, stride] if isinstance(stride, int) else list(stride)
 
     def make(rng):
-        from refbasis.ops import conv as _conv
+        _conv = _mod("refbasis.ops.conv")
 
         x = _normal(rng, b, h, w, cin)
         wshape = (k, kw_, cin // groups, cout)
@@ -119,7 +134,7 @@ def _conv_case(b, h, w, cin, cout, k, stride, padding, groups=1, per_example=Fal
 
 def _dw_case(b, h, w, c, k, stride, padding, per_example=False):
     def make(rng):
-        from refbasis.ops import conv as _conv
+        _conv = _mod("refbasis.ops.conv")
 
         x = _normal(rng, b, h, w, c)
         wshape = ((b,) if per_example else ()) + (k, k, 1, c)
@@ -369,18 +384,18 @@ def _padding(cfg):
 
 
 def _eval_op(kind: str, cfg: dict, ins: dict) -> OrderedDict:
-    from refbasis.basis import basis_dropout as _bd
-    from refbasis.basis import coefficients as _coef
-    from refbasis.basis import mixing as _mix
-    from refbasis.basis import synthesis as _syn
-    from refbasis.ops import activations as _act
-    from refbasis.ops import conv as _conv
-    from refbasis.ops import dense as _dense
-    from refbasis.ops import dropout as _drop
-    from refbasis.ops import losses as _loss
-    from refbasis.ops import norm as _norm
-    from refbasis.ops import pool as _pool
-    from refbasis.ops import squeeze_excite as _se
+    _bd = _mod("refbasis.basis.basis_dropout")
+    _coef = _mod("refbasis.basis.coefficients")
+    _mix = _mod("refbasis.basis.mixing")
+    _syn = _mod("refbasis.basis.synthesis")
+    _act = _mod("refbasis.ops.activations")
+    _conv = _mod("refbasis.ops.conv")
+    _dense = _mod("refbasis.ops.dense")
+    _drop = _mod("refbasis.ops.dropout")
+    _loss = _mod("refbasis.ops.losses")
+    _norm = _mod("refbasis.ops.norm")
+    _pool = _mod("refbasis.ops.pool")
+    _se = _mod("refbasis.ops.squeeze_excite")
 
     o = OrderedDict()
     if kind == "conv2d":
@@ -444,7 +459,7 @@ def _eval_op(kind: str, cfg: dict, ins: dict) -> OrderedDict:
     elif kind == "coefficient_head":
         kw = dict(num_layers=cfg["num_layers"], num_bases=cfg["num_bases"],
                   normalization=cfg["normalization"])
-        o["alpha"] = _coef.coefficient_head(ins["features"], ins["kernel"], ins["bias"], **kw)
+        o["alpha"], _ = _coef.coefficient_head(ins["features"], ins["kernel"], ins["bias"], **kw)
         o["dfeatures"], o["dkernel"], o["dbias"] = _coef.coefficient_head_vjp(
             ins["features"], ins["kernel"], ins["bias"], ins["dalpha"], **kw)
     elif kind == "epsilon_mix":
@@ -492,13 +507,20 @@ def _calibrated_params(arch_cfg, rng, batch, *, block_index=None):
     so eval-mode activations stay of order one through the depth (random
     moving statistics would blow them up or kill them).
     """
-    from refbasis import model as _model
+    _model = _mod("refbasis.model")
     from refbasis.arch import get_arch
 
     arch = arch_from_config(arch_cfg)
     p = _model.init_params(arch, rng)
     for k in list(p):
-        if k.endswith(".bn.gamma"):
+        if k.endswith(".project.bn.gamma"):
+            # Small gammas on the linear bottleneck keep each residual branch
+            # small against its skip path (the usual "zero-init the last BN"
+            # idea), so gradients do not grow ~2x per block. With gamma ~ 1,
+            # MobileNetV2's gradients grow 500x through the trunk and its
+            # float32 error reaches 3e-3: too ill-conditioned for a golden.
+            p[k] = rng.uniform(0.2, 0.5, p[k].shape)
+        elif k.endswith(".bn.gamma"):
             p[k] = rng.uniform(0.7, 1.3, p[k].shape)
         elif k.endswith(".bn.beta") or k.endswith(".bias"):
             p[k] = rng.normal(0.0, 0.1, p[k].shape)
@@ -569,7 +591,7 @@ def _block_case(arch_cfg, pred, train, batch=2):
 
 
 def _eval_block(cfg, ins) -> OrderedDict:
-    from refbasis import model as _model
+    _model = _mod("refbasis.model")
 
     arch = arch_from_config(cfg["arch"])
     idx, train = cfg["block_index"], cfg["train"]
@@ -605,7 +627,7 @@ def _model_case(arch_cfg, train, batch=4):
 
 
 def _eval_model(cfg, ins) -> OrderedDict:
-    from refbasis import model as _model
+    _model = _mod("refbasis.model")
 
     arch = arch_from_config(cfg["arch"])
     train = cfg["train"]
@@ -651,7 +673,7 @@ def _blocks_specs() -> list[CaseSpec]:
         for train in (True, False):
             mode = "train" if train else "eval"
             out.append(CaseSpec("blocks", f"{name}_{mode}", "block", "block",
-                                _block_case(a, pred, train)))
+                                _block_case(a, pred, train), max_f32_error=1e-5))
     return out
 
 
@@ -672,7 +694,8 @@ def _models_specs() -> list[CaseSpec]:
             mode = "train" if train else "eval"
             # Eval mode needs no batch statistics: batch 2 halves its size.
             out.append(CaseSpec("models", f"{short}_{mode}", "model", "model",
-                                _model_case(a, train, batch=4 if train else 2)))
+                                _model_case(a, train, batch=4 if train else 2),
+                                max_f32_error=1e-3 if train else 3e-4))
     return out
 
 
@@ -688,9 +711,8 @@ _SUITE_BUILDERS: dict[str, Callable[[], list[CaseSpec]]] = {
 
 
 def _register_late_suites() -> None:
-    # basisnet, training and schedules depend on oracle modules written in
-    # parallel; their specs live in conformance/catalogue_late.py-style
-    # functions below, registered only when their imports succeed.
+    # The basisnet, training and schedules builders are defined further down
+    # this module; they are looked up by name at call time.
     for suite, fn in (("basisnet", "_basisnet_specs"), ("training", "_training_specs"),
                       ("schedules", "_schedules_specs")):
         f = globals().get(fn)
@@ -765,7 +787,7 @@ def evaluate_layer(kind: str, config: dict, layer: str, inputs: dict) -> Ordered
     """One layer / step of a layered case alone (the numpy backend's run_layer)."""
     inputs = dict(inputs)
     if kind == "model":
-        from refbasis import model as _model
+        _model = _mod("refbasis.model")
 
         arch = arch_from_config(config["arch"])
         p = _unprefix("params", inputs)
@@ -801,12 +823,24 @@ def isolation_inputs(golden: GoldenCase, layer: str) -> tuple[dict, dict]:
 def build_case(spec: CaseSpec) -> GoldenCase:
     """Draw the inputs of ``spec`` and compute its outputs with the oracle."""
     rng = np.random.default_rng(case_seed(spec.suite, spec.name))
-    config, inputs = spec.make(rng)
-    for k, v in inputs.items():
-        if v.dtype.kind == "f" and v.dtype != F32:
-            raise RuntimeError(f"catalogue: case {spec.id} input {k} is {v.dtype}, not float32")
-    outputs_f64 = OrderedDict((k, np.asarray(v)) for k, v in
-                              evaluate(spec.kind, config, inputs).items())
+    draws = 0
+    for _ in range(MAX_DRAWS):
+        draws += 1
+        config, inputs = spec.make(rng)
+        for k, v in inputs.items():
+            if v.dtype.kind == "f" and v.dtype != F32:
+                raise RuntimeError(f"catalogue: case {spec.id} input {k} is {v.dtype}, "
+                                   "not float32")
+        outputs_f64 = OrderedDict((k, np.asarray(v)) for k, v in
+                                  evaluate(spec.kind, config, inputs).items())
+        f32 = float32_errors(spec.kind, config, inputs, outputs_f64)
+        worst = max(f32.values(), default=0.0)
+        if spec.max_f32_error is None or worst <= spec.max_f32_error:
+            break
+    else:
+        raise RuntimeError(f"catalogue: case {spec.id}: no draw in {MAX_DRAWS} keeps the "
+                           f"oracle's float32 error under {spec.max_f32_error} "
+                           f"(last {worst:.2g})")
     outputs = OrderedDict(outputs_f64)
     for k, v in outputs.items():
         if v.dtype.kind == "f":
@@ -815,11 +849,10 @@ def build_case(spec: CaseSpec) -> GoldenCase:
             # the size of the golden set (docs/tolerances.md).
             outputs[k] = v.astype(np.float64).astype(F32)
     layers, layer_outputs = layer_info(spec.kind, config, outputs)
-    f32 = float32_errors(spec.kind, config, inputs, outputs_f64)
     return GoldenCase(suite=spec.suite, name=spec.name, kind=spec.kind, config=config,
                       inputs=OrderedDict(inputs), outputs=outputs, family=spec.family,
                       dtype="float32", layers=tuple(layers), layer_outputs=layer_outputs,
-                      meta={"float32_error": f32})
+                      meta={"float32_error": f32, "draws": draws})
 
 
 def float32_errors(kind: str, config: dict, inputs: dict, reference: dict) -> dict[str, float]:
@@ -877,7 +910,7 @@ def _calibrate_tree(rng, p: dict, prefix: str, arch_cfg: dict, batch: int) -> No
 def _basisnet_case(light, specialist, num_bases, layers, kinds, train, eps, *,
                    normalization="softmax", granularity="example", batch=2):
     def make(rng):
-        from refbasis.basis import two_stage as _ts
+        _ts = _mod("refbasis.basis.two_stage")
 
         cfg = {"light": light, "specialist": specialist, "num_bases": num_bases,
                "per_basis_layers": list(layers), "per_basis_kinds": sorted(kinds),
@@ -923,7 +956,7 @@ def _basisnet_case(light, specialist, num_bases, layers, kinds, train, eps, *,
 
 
 def _eval_basisnet(cfg, ins) -> OrderedDict:
-    from refbasis.basis import two_stage as _ts
+    _ts = _mod("refbasis.basis.two_stage")
 
     bc = basisnet_config_from(cfg)
     p = _unprefix("params", ins)
@@ -967,11 +1000,11 @@ def _layers_basisnet(cfg, names):
 
 
 def _layer_basisnet(cfg, layer, ins) -> OrderedDict:
-    from refbasis import model as _model
-    from refbasis.basis import basis_dropout as _bd
-    from refbasis.basis import coefficients as _coef
-    from refbasis.basis import mixing as _mix
-    from refbasis.basis import two_stage as _ts
+    _model = _mod("refbasis.model")
+    _bd = _mod("refbasis.basis.basis_dropout")
+    _coef = _mod("refbasis.basis.coefficients")
+    _mix = _mod("refbasis.basis.mixing")
+    _ts = _mod("refbasis.basis.two_stage")
 
     bc = basisnet_config_from(cfg)
     p = _unprefix("params", ins)
@@ -1023,7 +1056,7 @@ def _isolation_basisnet(g: GoldenCase, layer: str):
 
 def _early_exit_case(threshold, k=10, batch=12):
     def make(rng):
-        from refbasis.basis import early_exit as _ee
+        _ee = _mod("refbasis.basis.early_exit")
 
         zl = _normal(rng, batch, k, scale=2.0)
         # Keep every top probability clear of the threshold so float32
@@ -1043,7 +1076,7 @@ def _early_exit_case(threshold, k=10, batch=12):
 
 
 def _eval_early_exit(cfg, ins) -> OrderedDict:
-    from refbasis.basis import early_exit as _ee
+    _ee = _mod("refbasis.basis.early_exit")
 
     pred, exited = _ee.early_exit_predictions(ins["light_logits"], ins["specialist_logits"],
                                               cfg["threshold"])
@@ -1059,7 +1092,7 @@ def _eval_early_exit(cfg, ins) -> OrderedDict:
 
 def _condconv_case(arch_cfg, blocks, num_experts, train, batch=3):
     def make(rng):
-        from refbasis.basis import condconv as _cc
+        _cc = _mod("refbasis.basis.condconv")
 
         arch = arch_from_config(arch_cfg)
         p = _cc.init_condconv(arch, tuple(blocks), num_experts, rng)
@@ -1086,8 +1119,8 @@ def _condconv_case(arch_cfg, blocks, num_experts, train, batch=3):
 
 
 def _eval_condconv(cfg, ins) -> OrderedDict:
-    from refbasis import model as _model
-    from refbasis.basis import condconv as _cc
+    _model = _mod("refbasis.model")
+    _cc = _mod("refbasis.basis.condconv")
 
     arch = arch_from_config(cfg["arch"])
     p = _unprefix("params", ins)
@@ -1128,9 +1161,9 @@ def _layers_condconv(cfg, names):
 
 
 def _layer_condconv(cfg, layer, ins) -> OrderedDict:
-    from refbasis import model as _model
-    from refbasis.basis import condconv as _cc
-    from refbasis.basis import synthesis as _syn
+    _model = _mod("refbasis.model")
+    _cc = _mod("refbasis.basis.condconv")
+    _syn = _mod("refbasis.basis.synthesis")
 
     arch = arch_from_config(cfg["arch"])
     p = _unprefix("params", ins)
@@ -1168,25 +1201,31 @@ def _isolation_condconv(g: GoldenCase, layer: str):
 def _basisnet_specs() -> list[CaseSpec]:
     tiny = dict(scale_final="always", divisor=4, min_depth=4)
     light_s = _arch_cfg("mobilenet_v3_small", 0.1, 32, **tiny)
-    spec_l = _arch_cfg("mobilenet_v3_large", 0.1, 48, **tiny)
+    spec_l = _arch_cfg("mobilenet_v3_large", 0.1, 40, **tiny)
     light_2 = _arch_cfg("mobilenet_v2", 0.1, 32, **tiny)
-    spec_2 = _arch_cfg("mobilenet_v2", 0.1, 48, **tiny)
+    spec_2 = _arch_cfg("mobilenet_v2", 0.1, 40, **tiny)
     S = [
-        CaseSpec("basisnet", "basisnet_mv3_train", "basisnet", "basisnet",
-                 _basisnet_case(light_s, spec_l, 3, (13, 15), {"conv"}, True, 0.25)),
-        CaseSpec("basisnet", "basisnet_mv2_train_bn_per_basis_layer_dropout", "basisnet",
-                 "basisnet", _basisnet_case(light_2, spec_2, 4, (15, 17), {"conv", "bn"}, True,
-                                            0.5, granularity="example_layer")),
+        CaseSpec("basisnet", "basisnet_mv3_train_layer_dropout", "basisnet", "basisnet",
+                 _basisnet_case(light_s, spec_l, 3, (13, 15), {"conv"}, True, 0.25,
+                                granularity="example_layer"), max_f32_error=2e-3),
+        # BasisNet-MV2 in eval mode: MobileNetV2 in train mode at this width is
+        # too ill-conditioned in float32 for a golden (docs/tolerances.md).
+        CaseSpec("basisnet", "basisnet_mv2_eval_bn_per_basis", "basisnet",
+                 "basisnet", _basisnet_case(light_2, spec_2, 4, (15, 17), {"conv", "bn"}, False,
+                                            0.5), max_f32_error=1e-3),
         CaseSpec("basisnet", "basisnet_mv3_eval_se_per_basis_eps1", "basisnet", "basisnet",
-                 _basisnet_case(light_s, spec_l, 2, (14, 15), {"conv", "se"}, False, 1.0)),
-        CaseSpec("basisnet", "early_exit_t0.5", "early_exit", "loss", _early_exit_case(0.5)),
-        CaseSpec("basisnet", "early_exit_t0.8", "early_exit", "loss", _early_exit_case(0.8)),
+                 _basisnet_case(light_s, spec_l, 2, (14, 15), {"conv", "se"}, False, 1.0),
+                 max_f32_error=1e-3),
+        CaseSpec("basisnet", "early_exit_t0.5", "early_exit", "early_exit",
+                 _early_exit_case(0.5)),
+        CaseSpec("basisnet", "early_exit_t0.8", "early_exit", "early_exit",
+                 _early_exit_case(0.8)),
         CaseSpec("basisnet", "condconv_mv3_small_train", "condconv", "basisnet",
                  _condconv_case(_arch_cfg("mobilenet_v3_small", 0.1, 32, **tiny), (9, 10, 11),
-                                3, True)),
+                                3, True), max_f32_error=1e-3),
         CaseSpec("basisnet", "condconv_mv2_eval", "condconv", "basisnet",
                  _condconv_case(_arch_cfg("mobilenet_v2", 0.1, 32, **tiny), (16, 17), 2,
-                                False)),
+                                False), max_f32_error=1e-3),
     ]
     return S
 
@@ -1203,11 +1242,11 @@ def _basisnet_specs() -> list[CaseSpec]:
 # a wrong initialisation shows at step 1.
 
 def _replay_models():
-    from refbasis.train import step as _step
+    _step = _mod("refbasis.train.step")
 
     class ReplayMobileNet(_step.MobileNetModel):
         def forward(self, params, batch, *, rng, eps):
-            from refbasis import model as _model
+            _model = _mod("refbasis.model")
 
             logits, cache = _model.forward(self.arch, params, batch["image"], train=True,
                                            dropout_mask=batch.get("dropout_mask"))
@@ -1215,7 +1254,7 @@ def _replay_models():
 
     class ReplayBasisNet(_step.BasisNetModel):
         def forward(self, params, batch, *, rng, eps):
-            from refbasis.basis import two_stage as _ts
+            _ts = _mod("refbasis.basis.two_stage")
 
             zl, zs, cache = _ts.basisnet_forward(
                 self.config, params, batch["image_light"], batch["image"], train=True,
@@ -1267,7 +1306,7 @@ def _unflatten(flat: dict) -> dict:
 
 
 def _one_step(cfg, model, tconf, state, batch, step):
-    from refbasis.train import step as _step
+    _step = _mod("refbasis.train.step")
 
     new, metrics = _step.train_step(state, batch, step, np.random.default_rng(0),
                                     model=model, config=tconf)
@@ -1295,7 +1334,7 @@ def _batch_for_step(ins: dict, k: int | None) -> dict:
 
 
 def _eval_train_steps(cfg, ins) -> OrderedDict:
-    from refbasis.train import step as _step
+    _step = _mod("refbasis.train.step")
 
     model = _train_model(cfg)
     tconf = train_config_from(cfg["recipe"])
@@ -1316,7 +1355,7 @@ def _layers_train_steps(cfg, names):
 
 
 def _layer_train_steps(cfg, layer, ins) -> OrderedDict:
-    from refbasis.train import step as _step
+    _step = _mod("refbasis.train.step")
 
     k = int(layer[len("step"):])
     model = _train_model(cfg)
@@ -1354,8 +1393,7 @@ def _isolation_train_steps(g: GoldenCase, layer: str):
 
 def _train_case(model_cfg, recipe, steps, start_step, batch=4, distill=False):
     def make(rng):
-        from refbasis import model as _model
-        from refbasis.basis import two_stage as _ts
+        _ts = _mod("refbasis.basis.two_stage")
 
         cfg = {"model": model_cfg, "recipe": recipe, "steps": steps, "start_step": start_step}
         ins = OrderedDict()
@@ -1396,7 +1434,6 @@ def _train_case(model_cfg, recipe, steps, start_step, batch=4, distill=False):
                     keep = 1.0 - arch.dropout_rate
                     ins[f"step{k}/{nm}"] = _f32(np.where(
                         rng.random((batch, arch.feature_channels)) < keep, 1.0 / keep, 0.0))
-        _ = _model  # (imported for symmetry with the model cases)
         return cfg, ins
 
     return make
@@ -1422,26 +1459,31 @@ def _training_specs() -> list[CaseSpec]:
                   "temperature": 1.0, "weight": 1.0},
         "specialist": {"label_smoothing": 0.1, "distill": True, "distill_weight": 0.5,
                        "temperature": 2.0, "weight": 1.0}})
-    mv2_recipe = dict(mv3_recipe, decay_from="warmup_end", rmsprop_variant="keras",
-                      ema_num_updates=False, ema_decay=0.9, weight_decay=4e-5, l2_form="full")
+    # Keras' RMSProp starts ms at 0, so its first update is ~lr * 3 whatever the
+    # gradient: a smaller base_lr keeps the second step well conditioned.
+    keras_recipe = dict(mv3_recipe, base_lr=0.005, decay_from="warmup_end",
+                        rmsprop_variant="keras", ema_num_updates=False, ema_decay=0.9,
+                        weight_decay=4e-5, l2_form="full")
     bn = {"light": _arch_cfg("mobilenet_v3_small", 0.05, 32, **tiny),
           "specialist": _arch_cfg("mobilenet_v3_small", 0.05, 32, **tiny),
-          "num_bases": 3, "per_basis_layers": [10, 11], "per_basis_kinds": ["conv"],
+          "num_bases": 2, "per_basis_layers": [10, 11], "per_basis_kinds": ["conv"],
           "coefficient_normalization": "softmax", "basis_dropout_rate": 0.25,
           "dropout_granularity": "example"}
     return [
         CaseSpec("training", "mv3_small_recipe_3_steps", "train_steps", "training",
                  _train_case({"type": "mobilenet", "arch": _arch_cfg(
-                     "mobilenet_v3_small", 0.05, 32, **tiny)}, mv3_recipe, 3, 0)),
+                     "mobilenet_v3_small", 0.05, 32, **tiny)}, mv3_recipe, 3, 0),
+                 max_f32_error=2e-3),
         # MobileNetV2 at this width is too ill-conditioned in train mode for a
         # multi-step golden (float32 runs diverge by step 2; docs/tolerances.md),
         # so the second recipe runs on MobileNetV3-Large.
         CaseSpec("training", "mv3_large_keras_rmsprop_2_steps", "train_steps", "training",
                  _train_case({"type": "mobilenet", "arch": _arch_cfg(
-                     "mobilenet_v3_large", 0.05, 32, **tiny)}, mv2_recipe, 2, 1)),
+                     "mobilenet_v3_large", 0.05, 32, **tiny)}, keras_recipe, 2, 1),
+                 max_f32_error=5e-4),
         CaseSpec("training", "basisnet_mv3_recipe_2_steps", "train_steps", "training",
                  _train_case({"type": "basisnet", "basisnet": bn}, basis_recipe, 2, 1,
-                             distill=True)),
+                             distill=True), max_f32_error=1e-3),
     ]
 
 
@@ -1458,8 +1500,8 @@ def _schedule_case(name, params, steps):
 
 
 def _eval_schedule(cfg, ins) -> OrderedDict:
-    from refbasis.train import ema as _ema
-    from refbasis.train import schedules as _sch
+    _ema = _mod("refbasis.train.ema")
+    _sch = _mod("refbasis.train.schedules")
 
     name, p, s = cfg["name"], cfg["params"], ins["steps"]
     if name == "learning_rate":

@@ -147,6 +147,7 @@ def case_metadata(case: GoldenCase) -> dict:
         "outputs": list(case.outputs),
         "layers": list(case.layers),
         "layer_outputs": {k: list(v) for k, v in case.layer_outputs.items()},
+        "draws": int(case.meta.get("draws", 1)),
         "float32_error": dict(case.meta.get("float32_error", {})),
         "arrays": arrays,
     }
@@ -299,7 +300,7 @@ def verify_goldens(root: Path | None = None, suites=None, *, progress: bool = Tr
     from tqdm import tqdm
 
     from conformance import catalogue
-    from conformance.compare import compare_output
+    from conformance.compare import compare_output, output_scales
     from conformance.protocol import SUITES
     from conformance.tolerances import load_policy
 
@@ -345,9 +346,10 @@ def verify_goldens(root: Path | None = None, suites=None, *, progress: bool = Tr
             if what == "outputs" and list(g.layers) != list(fresh.layers):
                 problems.append(f"{spec.id}: layer order differs")
             f32 = g.meta.get("float32_error", {})
+            scales = output_scales(old)
             for n in old:
                 tol = policy.lookup(g.family, g.dtype, tier, n, f32.get(n))
-                r = compare_output(n, new[n], old[n], tol)
+                r = compare_output(n, new[n], old[n], tol, scales[n])
                 if not r.ok:
                     problems.append(f"{spec.id}: {what[:-1]} {n} not reproduced: {r.message}")
     return problems

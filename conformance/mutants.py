@@ -45,22 +45,51 @@ def patch_everywhere(module_name: str, attr: str, replacement) -> Iterator[None]
     same object to ``replacement`` for the duration of the block."""
     import importlib
 
+    _import_oracle()
     mod = importlib.import_module(module_name)
     original = getattr(mod, attr)
-    sites = []
-    for name, m in list(sys.modules.items()):
-        if m is None or not (name == "refbasis" or name.startswith("refbasis.")):
-            continue
-        for k, v in list(vars(m).items()):
-            if v is original:
-                sites.append((m, k))
+    for m, k in _bindings(original):
+        setattr(m, k, replacement)
     try:
-        for m, k in sites:
-            setattr(m, k, replacement)
         yield
     finally:
-        for m, k in sites:
+        # Also catches a module first imported inside the block, which bound
+        # the replacement by name.
+        for m, k in _bindings(replacement):
             setattr(m, k, original)
+
+
+def _oracle_modules():
+    return [m for n, m in list(sys.modules.items())
+            if m is not None and (n == "refbasis" or n.startswith("refbasis."))]
+
+
+def _bindings(obj):
+    return [(m, k) for m in _oracle_modules() for k, v in list(vars(m).items()) if v is obj]
+
+
+_IMPORTED = False
+
+
+def _import_oracle() -> None:
+    """Import every oracle module once, so that no module binds a patched
+    function by importing it for the first time inside a patch."""
+    global _IMPORTED
+    if _IMPORTED:
+        return
+    import importlib
+    import pkgutil
+
+    import refbasis
+
+    for info in pkgutil.walk_packages(refbasis.__path__, "refbasis."):
+        if info.name.endswith(("__main__", ".cli")):
+            continue
+        try:
+            importlib.import_module(info.name)
+        except ImportError:  # an optional part (e.g. a module needing an extra)
+            continue
+    _IMPORTED = True
 
 
 # ---------------------------------------------------------------------------
@@ -138,7 +167,7 @@ MUTANTS: dict[str, Mutant] = {m.name: m for m in (
     Mutant("symmetric_padding", "SAME padding split symmetrically (k//2 each side)",
            _symmetric_padding,
            {"models/mv2_train": "stem", "models/mv3_large_eval": "stem",
-            "basisnet/basisnet_mv3_train": "light.stem"}),
+            "basisnet/basisnet_mv3_train_layer_dropout": "light.stem"}),
     Mutant("bn_eps_1e5", "BatchNorm epsilon 1e-5 instead of the configured 1e-3",
            _bn_eps_1e5,
            {"models/mv3_small_train": "stem", "models/mv2_eval": "stem",
@@ -148,7 +177,7 @@ MUTANTS: dict[str, Mutant] = {m.name: m for m in (
            {"models/mv3_large_train": "stem", "models/mv3_small_eval": "stem"}),
     Mutant("basis_dropout_no_renorm", "kept coefficients not renormalised after basis dropout",
            _basis_dropout_no_renorm,
-           {"basisnet/basisnet_mv3_train": "coefficients",
+           {"basisnet/basisnet_mv3_train_layer_dropout": "coefficients",
             "training/basisnet_mv3_recipe_2_steps": "step1"}),
     Mutant("rmsprop_ms_zero", "RMSProp mean square initialised to 0 instead of 1",
            _rmsprop_ms_zero,
@@ -181,3 +210,17 @@ class MutantBackend(NumpyBackend):
 
 def make_mutant(fault: str) -> MutantBackend:
     return MutantBackend(fault)
+
+
+# One class per fault, constructible without arguments, so a mutant can be run
+# from the command line: refbasis conform --backend conformance.mutants:BnEps1e5
+def _camel(fault: str) -> str:
+    return "".join(p[:1].upper() + p[1:] for p in fault.split("_"))
+
+
+for _fault in MUTANTS:
+    globals()[_camel(_fault)] = type(_camel(_fault), (MutantBackend,), {
+        "__init__": (lambda f: lambda self: MutantBackend.__init__(self, f))(_fault),
+        "__doc__": f"MutantBackend('{_fault}'): {MUTANTS[_fault].description}.",
+    })
+    __all__.append(_camel(_fault))

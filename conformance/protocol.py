@@ -31,7 +31,7 @@ from __future__ import annotations
 import abc
 import copy
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from types import MappingProxyType
 
 import numpy as np
@@ -87,10 +87,9 @@ KINDS: Mapping[str, str] = MappingProxyType({
 })
 
 #: Kinds whose case.json carries a ``layers`` order (first-failing-layer
-#: analysis); for ``train_steps`` the "layers" are the steps ``step1..stepK``.
-LAYERED_KINDS: frozenset[str] = frozenset(
-    {"block", "model", "basisnet", "condconv", "train_steps"}
-)
+#: analysis and ``run_layer`` isolation); for ``train_steps`` the "layers" are
+#: the steps ``step1..stepK``. A ``block`` case is its own smallest unit.
+LAYERED_KINDS: frozenset[str] = frozenset({"model", "basisnet", "condconv", "train_steps"})
 
 
 class BackendError(RuntimeError):
@@ -145,7 +144,6 @@ class CaseView:
     output_names: tuple[str, ...] = ()
     layers: tuple[str, ...] = ()
     dtype: str = "float32"
-    extra: Mapping[str, object] = field(default_factory=dict)
 
     @property
     def id(self) -> str:

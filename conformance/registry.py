@@ -93,7 +93,8 @@ def load_backend(name: str):
         ) from None
     for attr in ("name", "supported_suites", "tiers", "run"):
         if not hasattr(backend, attr):
-            raise BackendError(f"backend '{name}' ({target}) lacks '{attr}' (see conformance/protocol.py)")
+            raise BackendError(f"backend '{name}' ({target}) lacks '{attr}' "
+                               f"(see conformance/protocol.py)")
     return backend
 
 

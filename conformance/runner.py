@@ -27,7 +27,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from conformance import golden as G
-from conformance.compare import OutputResult, compare_output, compare_outputs
+from conformance.compare import OutputResult, compare_outputs
 from conformance.protocol import SUITES, CaseView, UnsupportedCase, readonly_inputs
 from conformance.tolerances import TolerancePolicy, load_policy
 
@@ -156,7 +156,8 @@ def load_known_failures(path: Path | None = None) -> list[KnownFailure]:
         tier = None
         if len(parts) == 3:
             if not parts[2].startswith("tier="):
-                raise ValueError(f"{path}:{lineno}: third field must be tier=<tier>, got {parts[2]!r}")
+                raise ValueError(f"{path}:{lineno}: third field must be tier=<tier>, "
+                                 f"got {parts[2]!r}")
             tier = parts[2][5:]
         out.append(KnownFailure(parts[0], parts[1], tier, reason.strip()))
     return out
@@ -250,7 +251,8 @@ def run_case(backend, case_dir: Path, *, tier: str, policy: TolerancePolicy,
     res.kind = g.kind
     kf = next((k for k in known if k.matches(backend.name, res.id, tier)), None)
     if suite not in tuple(getattr(backend, "supported_suites", ())):
-        res.verdict, res.message = SKIP, f"backend {backend.name!r} does not support suite {suite!r}"
+        res.verdict = SKIP
+        res.message = f"backend {backend.name!r} does not support suite {suite!r}"
         return res
     if tier not in tuple(getattr(backend, "tiers", ())):
         res.verdict, res.message = SKIP, f"backend {backend.name!r} has no tier {tier!r}"
@@ -294,6 +296,18 @@ def run_case(backend, case_dir: Path, *, tier: str, policy: TolerancePolicy,
             res.message += f" (+{len(bad) - 1} more outputs)"
         by_name = {r.name: r for r in results}
         _localise(res, g, by_name)
+        if res.first_failing_layer:
+            # Name the failing output of the first failing layer, not merely
+            # the first in storage order (which is often the final logits).
+            layer = res.first_failing_layer
+            if res.layer_direction == "forward":
+                names = g.layer_outputs.get(layer, [])
+            else:
+                names = [n for n in by_name if n.startswith(f"grad/{layer}.")]
+            lb = [by_name[n] for n in names if n in by_name and not by_name[n].ok]
+            if lb:
+                res.first_failing_output = lb[0].name
+                res.message = f"{lb[0].name}: {lb[0].message} (+{len(bad) - 1} more outputs)"
         if isolation and res.first_failing_layer and res.layer_direction == "forward":
             _isolate(res, backend, view, g, tier, tol_for)
     return _apply_known(res, kf)
@@ -349,8 +363,9 @@ def run_conformance(backend, *, golden_dir: Path | None = None, suites=None, tie
         bar.set_postfix_str(cid, refresh=False)
         if index is not None and cid not in expected:
             results.append(CaseResult(id=cid, verdict=ERROR,
-                                      message="case directory not listed in golden/INDEX.json "
-                                              "(added by hand? rebuild with 'refbasis golden build')"))
+                                      message="case directory not listed in golden/INDEX.json"
+                                              " (added by hand? rebuild with 'refbasis golden"
+                                              " build')"))
             continue
         if cid not in ids:
             results.append(CaseResult(id=cid, verdict=ERROR,

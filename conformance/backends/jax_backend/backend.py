@@ -96,25 +96,33 @@ class JaxBackend(Backend):
     """JAX/XLA port of the oracle (every suite, tiers highest / tf32 / bf16).
 
     ``per_example``: implementation of per-example convolutions ("grouped",
-    the measured default, or "vmap"); see ``ops.PER_EXAMPLE_IMPLS``.
+    the default, or "vmap"); ``depthwise``: "conv" (default) or "shifted"
+    (faster to run on CPU, slower to compile); see ``ops``.
     """
 
     name = "jax"
     supported_suites = SUITES
     tiers = tuple(TIERS)
 
-    def __init__(self, per_example: str | None = None):
+    def __init__(self, per_example: str | None = None, depthwise: str | None = None):
         if per_example is not None and per_example not in jops.PER_EXAMPLE_IMPLS:
             raise ValueError(f"JaxBackend: argument 'per_example' must be one of "
                              f"{list(jops.PER_EXAMPLE_IMPLS)} or None, got {per_example!r}")
+        if depthwise is not None and depthwise not in jops.DEPTHWISE_IMPLS:
+            raise ValueError(f"JaxBackend: argument 'depthwise' must be one of "
+                             f"{list(jops.DEPTHWISE_IMPLS)} or None, got {depthwise!r}")
         self.per_example = per_example
+        self.depthwise = depthwise
+        #: keyword arguments naming the conv implementations, for model/basis calls
+        self.impls = {"per_example": per_example, "depthwise": depthwise}
         self._cache: dict = {}
 
     def describe(self) -> str:
         devs = ", ".join(str(d) for d in jax.devices())
         return (f"jax {jax.__version__} on {devs} (suites: {', '.join(self.supported_suites)}; "
                 f"tiers: {', '.join(self.tiers)}; per-example conv: "
-                f"{self.per_example or jops.DEFAULT_PER_EXAMPLE})")
+                f"{self.per_example or jops.DEFAULT_PER_EXAMPLE}; depthwise: "
+                f"{self.depthwise or jops.default_depthwise_impl()})")
 
     # -- protocol ----------------------------------------------------------
 
@@ -148,16 +156,24 @@ class JaxBackend(Backend):
                            f"backend did not compute: {missing[:5]}")
         return {n: out[n] for n in case.output_names}
 
+    #: compiled functions kept (least recently used dropped): a conform run
+    #: reuses a function only within a case (train steps, layer isolation), and
+    #: every XLA executable holds memory.
+    cache_size = 16
+
     def compiled(self, key, build: Callable[[], Callable]):
         """The jitted function for ``key`` (built by ``build()`` on first use)."""
-        fn = self._cache.get(key)
+        fn = self._cache.pop(key, None)
         if fn is None:
-            fn = self._cache[key] = jax.jit(build())
+            fn = jax.jit(build())
+        self._cache[key] = fn
+        while len(self._cache) > self.cache_size:
+            self._cache.pop(next(iter(self._cache)))
         return fn
 
     def key(self, case: CaseView, t: Tier, *extra):
         return (case.kind, json.dumps(case.config, sort_keys=True, default=str), t.name,
-                self.per_example) + extra
+                self.per_example, self.depthwise) + extra
 
 
 # --------------------------------------------------------------------------
@@ -190,7 +206,7 @@ def _run_conv2d(self, case, t):
 def _run_depthwise(self, case, t):
     c = case.config
     kw = dict(stride=_stride(c.get("stride", 1)), padding=_padding(c.get("padding", "SAME")),
-              precision=t.precision, per_example=self.per_example)
+              precision=t.precision, per_example=self.per_example, impl=self.depthwise)
 
     def fn(x, w, dy):
         y, (dx, dw) = _vjp(lambda x, w: jops.depthwise_conv2d(x, w, **kw), (x, w), dy)
@@ -378,7 +394,7 @@ def _run_block(self, case, t):
             def fwd(p, x):
                 y, st = jmodel.block_forward(arch, p, idx, x, train=train,
                                              precision=t.precision,
-                                             per_example=self.per_example, dtype=dtype)
+                                             **self.impls, dtype=dtype)
                 return y, st
             y, gp, gx, st = _net_grads(fwd, params, x, dy)
             out = {"y": y, "dx": gx}
@@ -401,7 +417,7 @@ def _run_model(self, case, t):
         def fn(params, x, dlogits, mask):
             def fwd(p, x):
                 return jmodel.forward(arch, p, x, train=train, dropout_mask=mask,
-                                      precision=t.precision, per_example=self.per_example,
+                                      precision=t.precision, **self.impls,
                                       dtype=dtype)
             y, gp, gx, aux = _net_grads(fwd, params, x, dlogits)
             out = {"logits": y, "features": aux["features"], "grad/input": gx}
@@ -426,7 +442,7 @@ def _layer_model(self, case, layer, inputs, t):
     def build():
         def fn(params, x, mask):
             y, _ = jmodel.layer_forward(arch, params, layer, x, train=train, dropout_mask=mask,
-                                        precision=t.precision, per_example=self.per_example,
+                                        precision=t.precision, **self.impls,
                                         dtype=dtype)
             return {"y": y}
         return fn
@@ -478,7 +494,7 @@ def _run_basisnet(self, case, t):
             def fwd(tp, xl, xs):
                 zl, zs, aux = jbasis.basisnet_forward(
                     bc, {**sp, **tp}, xl, xs, train=train, eps=eps, precision=t.precision,
-                    per_example=self.per_example, dtype=dtype, **masks)
+                    **self.impls, dtype=dtype, **masks)
                 return (zl, zs), aux
             (zl, zs), pull, aux = jax.vjp(fwd, tp, xl, xs, has_aux=True)
             gp, gxl, gxs = pull((dzl.astype(zl.dtype), dzs.astype(zs.dtype)))
@@ -532,7 +548,7 @@ def _layer_basisnet(self, case, layer, inputs, t):
                     dtype or alpha.dtype), precision=t.precision)
                 mask = masks.get("specialist_dropout_mask")
             y, _ = jmodel.layer_forward(arch, tree, sub, x, train=train, dropout_mask=mask,
-                                        precision=t.precision, per_example=self.per_example,
+                                        precision=t.precision, **self.impls,
                                         dtype=dtype)
             return {"y": y}
         return fn
@@ -576,7 +592,7 @@ def _run_condconv(self, case, t):
             def fwd(p, x):
                 return jbasis.condconv_forward(arch, p, x, blocks=blocks, train=train,
                                                dropout_mask=mask, precision=t.precision,
-                                               per_example=self.per_example, dtype=dtype)
+                                               **self.impls, dtype=dtype)
             y, gp, gx, aux = _net_grads(fwd, params, x, dlogits)
             out = {"logits": y, "grad/input": gx}
             out.update({f"act/{k}": v for k, v in aux["activations"].items()})
@@ -621,7 +637,7 @@ def _layer_condconv(self, case, layer, inputs, t):
                 out["routing"] = r
             out["y"], _ = jmodel.layer_forward(arch, plain, layer, x, train=train,
                                                dropout_mask=mask, precision=t.precision,
-                                               per_example=self.per_example)
+                                               **self.impls)
             return out
         return fn
     params = {k: jnp.asarray(v) for k, v in _prefixed(inputs, "params/").items()}
@@ -646,7 +662,7 @@ def _train_setup(self, case, t):
     tconf = TrainConfig.from_dict({k: v for k, v in c["recipe"].items() if k != "model"})
     m = c["model"]
     dtype = None if t.dtype == jnp.float32 else t.dtype
-    kw = dict(precision=t.precision, per_example=self.per_example, dtype=dtype)
+    kw = dict(precision=t.precision, dtype=dtype, **self.impls)
     if m["type"] == "mobilenet":
         arch = _arch_from_config(m["arch"])
 

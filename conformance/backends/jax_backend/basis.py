@@ -160,7 +160,7 @@ def coefficients(config, params, features, *, eps, train, basis_mask, precision=
 
 def basisnet_forward(config, params, x_light, x_specialist, *, train, eps=0.0,
                      basis_mask=None, light_dropout_mask=None, specialist_dropout_mask=None,
-                     precision=HIGHEST, per_example=None, dtype=None):
+                     precision=HIGHEST, per_example=None, dtype=None, depthwise=None):
     """Two-stage forward -> ``(light_logits, specialist_logits, aux)``.
 
     ``config`` is the oracle's ``BasisNetConfig`` (static). ``aux``: light and
@@ -171,7 +171,8 @@ def basisnet_forward(config, params, x_light, x_specialist, *, train, eps=0.0,
     if dtype is not None:
         params = {k: (v if k.endswith(jmodel.STATE_SUFFIXES) else v.astype(dtype))
                   for k, v in params.items()}
-    kw = dict(train=train, precision=precision, per_example=per_example, dtype=dtype)
+    kw = dict(train=train, precision=precision, per_example=per_example, dtype=dtype,
+              depthwise=depthwise)
     zl, laux = jmodel.forward(config.light, _sub(params, LIGHT), x_light,
                               dropout_mask=light_dropout_mask, **kw)
     logits, a_head, a_mixed, alpha = coefficients(
@@ -200,7 +201,7 @@ def condconv_routing(x, kernel, bias, *, precision=HIGHEST):
 
 
 def condconv_forward(arch, params, x, *, blocks, train, dropout_mask=None, precision=HIGHEST,
-                     per_example=None, dtype=None):
+                     per_example=None, dtype=None, depthwise=None):
     """CondConv MobileNet -> ``(logits, aux)``; ``aux["routing"]`` maps block
     index -> ``(B, N)``. Every ``experts.<name>`` of a routed block becomes
     that block's per-example ``<name>``; ``routing.*`` is read per block."""
@@ -228,6 +229,6 @@ def condconv_forward(arch, params, x, *, blocks, train, dropout_mask=None, preci
 
     logits, aux = jmodel.forward(arch, plain, x, train=train, dropout_mask=dropout_mask,
                                  precision=precision, per_example=per_example, dtype=dtype,
-                                 block_params=block_params)
+                                 block_params=block_params, depthwise=depthwise)
     aux["routing"] = routing
     return logits, aux

@@ -39,9 +39,10 @@ def trainable_names(params: Mapping) -> list[str]:
 class _Ctx:
     """Static knobs threaded through one forward trace (no array state)."""
 
-    def __init__(self, arch, train, precision, per_example):
+    def __init__(self, arch, train, precision, per_example, depthwise=None):
         self.arch, self.train = arch, train
         self.precision, self.per_example = precision, per_example
+        self.depthwise = depthwise
         self.new_state: dict = {}
 
 
@@ -61,7 +62,8 @@ def _conv_bn_act(ctx, params, name, x, act, *, stride=1, depthwise=False):
     w = params[f"{name}.kernel"].astype(x.dtype)
     if depthwise:
         y = ops.depthwise_conv2d(x, w, stride=stride, padding=ctx.arch.padding,
-                                 precision=ctx.precision, per_example=ctx.per_example)
+                                 precision=ctx.precision, per_example=ctx.per_example,
+                                 impl=ctx.depthwise)
     else:
         y = ops.conv2d(x, w, stride=stride, padding=ctx.arch.padding,
                        precision=ctx.precision, per_example=ctx.per_example)
@@ -106,11 +108,11 @@ def _block(ctx, params, spec, x):
 
 
 def block_forward(arch, params, index, x, *, train, precision=lax.Precision.HIGHEST,
-                  per_example=None, dtype=None):
+                  per_example=None, dtype=None, depthwise=None):
     """Block ``L<index>`` alone: ``x (B, H, W, Cin) -> (y, new_state)``."""
     if dtype is not None:
         x = x.astype(dtype)
-    ctx = _Ctx(arch, train, precision, per_example)
+    ctx = _Ctx(arch, train, precision, per_example, depthwise)
     y = _block(ctx, _cast_params(params, dtype), arch.block(index), x)
     return y, ctx.new_state
 
@@ -146,7 +148,7 @@ def _cast_params(params, dtype):
 
 
 def layer_forward(arch, params, layer, x, *, train, dropout_mask=None,
-                  precision=lax.Precision.HIGHEST, per_example=None, dtype=None):
+                  precision=lax.Precision.HIGHEST, per_example=None, dtype=None, depthwise=None):
     """One entry of ``arch.layer_names()`` alone: ``x -> (y, new_state)``.
 
     ``x`` is that layer's input (the image for ``stem``; the features for
@@ -154,13 +156,13 @@ def layer_forward(arch, params, layer, x, *, train, dropout_mask=None,
     """
     if dtype is not None:
         x = x.astype(dtype)
-    ctx = _Ctx(arch, train, precision, per_example)
+    ctx = _Ctx(arch, train, precision, per_example, depthwise)
     y = _layer(ctx, _cast_params(params, dtype), layer, x, dropout_mask)
     return y, ctx.new_state
 
 
 def forward(arch, params, x, *, train, dropout_mask=None, precision=lax.Precision.HIGHEST,
-            per_example=None, dtype=None, block_params=None):
+            per_example=None, dtype=None, block_params=None, depthwise=None):
     """The whole network: ``x (B, R, R, 3) -> (logits (B, K), aux)``.
 
     ``aux`` holds ``activations`` (layer name -> output, in ``arch.layer_names()``
@@ -171,11 +173,13 @@ def forward(arch, params, x, *, train, dropout_mask=None, precision=lax.Precisio
     the input and parameters for the compute (bf16 tier); moving statistics
     stay in their own dtype. ``block_params(index, x_block, params) -> params``
     optionally replaces the parameters a block sees (CondConv routing).
+    ``per_example`` / ``depthwise`` pick the per-example and depthwise conv
+    implementations (``ops.PER_EXAMPLE_IMPLS``, ``ops.DEPTHWISE_IMPLS``).
     """
     if dtype is not None:
         x = x.astype(dtype)
     params = _cast_params(params, dtype)
-    ctx = _Ctx(arch, train, precision, per_example)
+    ctx = _Ctx(arch, train, precision, per_example, depthwise)
     acts: dict = {}
     h = x
     features = None

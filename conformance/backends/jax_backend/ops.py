@@ -41,7 +41,12 @@ __all__ = [
     "conv2d_per_example_grouped",
     "conv2d_per_example_vmap",
     "conv2d_per_example_naive",
+    "conv2d_per_example_1x1",
+    "conv2d_shared",
     "depthwise_conv2d",
+    "depthwise_conv2d_shifted",
+    "default_depthwise_impl",
+    "DEPTHWISE_IMPLS",
     "batch_norm",
     "apply_activation",
     "global_avg_pool",
@@ -229,24 +234,104 @@ PER_EXAMPLE_IMPLS = {
 DEFAULT_PER_EXAMPLE = "grouped"
 
 
+def conv2d_per_example_1x1(x, w, *, stride=1, padding="SAME", groups=1, precision=HIGHEST):
+    """Per-example 1x1 convolution (stride 1, no padding, groups 1) as one
+    batched matmul ``y[b] = x[b] @ w[b, 0, 0]``: the synthesized expand and
+    project layers. Same contract as :func:`conv2d_per_example_grouped`."""
+    _check_conv("conv2d_per_example_1x1", x, w, groups, per_example=True)
+    if w.shape[1:3] != (1, 1) or groups != 1 or _pair(stride, "stride", "conv2d") != (1, 1) \
+            or resolve_padding(padding, x.shape[1:3], (1, 1), 1) != ((0, 0), (0, 0)):
+        raise ValueError("conv2d_per_example_1x1: needs a 1x1 kernel, stride 1, groups 1 and "
+                         f"no padding, got w {w.shape}, stride {stride!r}, groups {groups}, "
+                         f"padding {padding!r}")
+    return jnp.einsum("bhwc,bco->bhwo", x, w[:, 0, 0], precision=precision)
+
+
+def _is_plain_1x1(x, w, stride, padding, groups):
+    return (w.shape[-4:-2] == (1, 1) and groups == 1
+            and _pair(stride, "stride", "conv2d") == (1, 1)
+            and resolve_padding(padding, x.shape[1:3], (1, 1), 1) == ((0, 0), (0, 0)))
+
+
 def conv2d(x, w, *, stride=1, padding="SAME", groups=1, precision=HIGHEST, per_example=None):
     """``refbasis.ops.conv.conv2d``: w ``(kh, kw, Cin//groups, Cout)`` shared or
     ``(B, kh, kw, Cin//groups, Cout)`` per example (dispatch on ``w.ndim``);
-    ``per_example`` picks the per-example implementation ("grouped"/"vmap")."""
+    ``per_example`` picks the per-example implementation ("grouped"/"vmap");
+    left None, plain 1x1 per-example kernels take the batched-matmul path
+    (:func:`conv2d_per_example_1x1`) and the rest the default."""
     if w.ndim == 5:
+        if per_example is None and _is_plain_1x1(x, w, stride, padding, groups):
+            return conv2d_per_example_1x1(x, w, precision=precision)
         impl = PER_EXAMPLE_IMPLS[per_example or DEFAULT_PER_EXAMPLE]
         return impl(x, w, stride=stride, padding=padding, groups=groups, precision=precision)
     return conv2d_shared(x, w, stride=stride, padding=padding, groups=groups,
                          precision=precision)
 
 
-def depthwise_conv2d(x, w, *, stride=1, padding="SAME", precision=HIGHEST, per_example=None):
-    """Depthwise conv: w ``(kh, kw, 1, C)`` or ``(B, kh, kw, 1, C)``; ``groups = C``."""
+def depthwise_conv2d_shifted(x, w, *, stride=1, padding="SAME"):
+    """Depthwise conv as kh*kw shifted multiply-adds (no convolution primitive).
+
+    x ``(B, H, W, C)``; w ``(kh, kw, 1, C)`` or per example ``(B, kh, kw, 1, C)``
+    -> ``(B, Ho, Wo, C)``: ``y = sum_{i,j} xp[:, i::s, j::s, :] * w[i, j, 0, :]``
+    over the padded input, taps in row-major order. XLA fuses the slices and
+    multiply-adds; on CPU this and its autodiff run 20-170x faster than the
+    grouped convolution at MobileNet sizes, but compile slower
+    (docs/jax-backend.md). Products accumulate in float32 for bfloat16 inputs.
+    """
+    sh, sw = _pair(stride, "stride", "depthwise_conv2d")
+    kh, kw = w.shape[-4:-2]
+    (t, b), (le, r) = resolve_padding(padding, x.shape[1:3], (kh, kw), (sh, sw))
+    acc_t = _acc_dtype(x.dtype)
+    xp = jnp.pad(x, ((0, 0), (t, b), (le, r), (0, 0))).astype(acc_t)
+    ho = (x.shape[1] + t + b - kh) // sh + 1
+    wo = (x.shape[2] + le + r - kw) // sw + 1
+    wa = w.astype(acc_t)
+    acc = None
+    for i in range(kh):
+        for j in range(kw):
+            win = lax.slice(xp, (0, i, j, 0),
+                            (xp.shape[0], i + (ho - 1) * sh + 1, j + (wo - 1) * sw + 1,
+                             xp.shape[3]), (1, sh, sw, 1))
+            k = wa[..., i, j, 0, :]
+            term = win * (k[:, None, None, :] if w.ndim == 5 else k)
+            acc = term if acc is None else acc + term
+    return acc.astype(x.dtype)
+
+
+DEPTHWISE_IMPLS = ("conv", "shifted")
+
+
+def default_depthwise_impl() -> str:
+    """"conv": the XLA grouped convolution. "shifted" runs (and differentiates)
+    20-170x faster on CPU at MobileNet sizes but compiles ~2.5x slower, which
+    dominates the small golden cases; benchmarks and CPU training pick it
+    explicitly (``JaxBackend(depthwise="shifted")``, ``--depthwise``)."""
+    return "conv"
+
+
+def depthwise_conv2d(x, w, *, stride=1, padding="SAME", precision=HIGHEST, per_example=None,
+                     impl=None):
+    """Depthwise conv: w ``(kh, kw, 1, C)`` or ``(B, kh, kw, 1, C)``; ``groups = C``.
+
+    ``impl``: "conv" (``conv2d`` with ``feature_group_count = C``, or the
+    per-example implementation ``per_example``) or "shifted"
+    (:func:`depthwise_conv2d_shifted`); default :func:`default_depthwise_impl`.
+    """
     if w.shape[-2] != 1 or w.shape[-1] != x.shape[-1]:
         raise ValueError(
             f"depthwise_conv2d: argument 'w' must have shape (..., kh, kw, 1, {x.shape[-1]}), "
             f"got {w.shape}"
         )
+    impl = impl or default_depthwise_impl()
+    if impl == "shifted":
+        if w.ndim == 5 and w.shape[0] != x.shape[0]:
+            raise ValueError(
+                f"depthwise_conv2d: argument 'w' is a per-example kernel and must have batch "
+                f"{x.shape[0]} (x.shape[0]), got shape {w.shape}")
+        return depthwise_conv2d_shifted(x, w, stride=stride, padding=padding)
+    if impl != "conv":
+        raise ValueError(f"depthwise_conv2d: argument 'impl' must be one of "
+                         f"{list(DEPTHWISE_IMPLS)}, got {impl!r}")
     return conv2d(x, w, stride=stride, padding=padding, groups=x.shape[-1],
                   precision=precision, per_example=per_example)
 
