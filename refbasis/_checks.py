@@ -59,7 +59,7 @@ def as_float_array(
             )
     if shape is not None:
         ok = len(shape) == x.ndim and all(
-            s is None or s == d for s, d in zip(shape, x.shape)
+            s is None or s == d for s, d in zip(shape, x.shape, strict=True)
         )
         if not ok:
             exp = "(" + ", ".join("*" if s is None else str(s) for s in shape) + ")"

@@ -15,8 +15,9 @@ from collections.abc import Iterator
 
 import numpy as np
 
+# np.dtype instances are immutable, so sharing one as the default is safe.
 _COMPUTE_DTYPE: contextvars.ContextVar[np.dtype] = contextvars.ContextVar(
-    "refbasis_compute_dtype", default=np.dtype(np.float64)
+    "refbasis_compute_dtype", default=np.dtype(np.float64)  # noqa: B039
 )
 
 

@@ -73,7 +73,7 @@ def _case(key, train, seed):
     return arch, params, x, dlogits, mask
 
 
-@pytest.mark.parametrize("key,train", [("v3s", True), ("v3s", False), ("v2", True)])
+@pytest.mark.parametrize("key,train", [("v3s", True), ("v2", False)])
 def test_model_forward_backward_matches_oracle(key, train):
     arch, params, x, dlogits, mask = _case(key, train, seed=11)
     y, aux, gp, gx = _compiled(key, train)(params, x, dlogits, mask)

@@ -8,6 +8,7 @@ twin. Shapes come from small fixed menus so jit compiles are shared.
 
 from __future__ import annotations
 
+import importlib
 import os
 import subprocess
 import sys
@@ -23,17 +24,20 @@ jnp = jax.numpy
 from conformance.backends.jax_backend import basis as jbasis  # noqa: E402
 from conformance.backends.jax_backend import ops as jops  # noqa: E402
 from conformance.backends.jax_backend import train as jtrain  # noqa: E402
-from refbasis.basis import basis_dropout as rdrop  # noqa: E402
-from refbasis.basis import coefficients as rcoef  # noqa: E402
-from refbasis.basis import mixing as rmix  # noqa: E402
-from refbasis.basis import synthesis as rsyn  # noqa: E402
-from refbasis.ops import activations as ract  # noqa: E402
-from refbasis.ops import conv as rconv  # noqa: E402
-from refbasis.ops import dense as rdense  # noqa: E402
-from refbasis.ops import losses as rloss  # noqa: E402
-from refbasis.ops import norm as rnorm  # noqa: E402
-from refbasis.ops import pool as rpool  # noqa: E402
-from refbasis.ops import squeeze_excite as rse  # noqa: E402
+
+# Oracle modules by path: refbasis.ops re-exports functions named like its
+# modules (refbasis.ops.dense is the function once the package is imported).
+rdrop = importlib.import_module("refbasis.basis.basis_dropout")
+rcoef = importlib.import_module("refbasis.basis.coefficients")
+rmix = importlib.import_module("refbasis.basis.mixing")
+rsyn = importlib.import_module("refbasis.basis.synthesis")
+ract = importlib.import_module("refbasis.ops.activations")
+rconv = importlib.import_module("refbasis.ops.conv")
+rdense = importlib.import_module("refbasis.ops.dense")
+rloss = importlib.import_module("refbasis.ops.losses")
+rnorm = importlib.import_module("refbasis.ops.norm")
+rpool = importlib.import_module("refbasis.ops.pool")
+rse = importlib.import_module("refbasis.ops.squeeze_excite")
 
 pytestmark = pytest.mark.jax
 
@@ -84,6 +88,34 @@ def test_per_example_conv_equals_loop_of_convs(impl, depthwise, stride, padding)
     close(dw, rdw)
 
 
+def test_per_example_1x1_equals_loop_of_convs():
+    rng = np.random.default_rng(13)
+    x = f32(rng, 3, 5, 4, 6)
+    w = f32(rng, 3, 1, 1, 6, 7)
+    want = jops.conv2d_per_example_naive(x, w)
+    close(jops.conv2d_per_example_1x1(x, w), want, 1e-6, 1e-6)
+    close(jops.conv2d(x, w), want, 1e-6, 1e-6)  # the default dispatch takes this path
+    with pytest.raises(ValueError, match="needs a 1x1 kernel, stride 1"):
+        jops.conv2d_per_example_1x1(x, w, stride=2)
+
+
+def test_depthwise_shifted_equals_loop_of_convs():
+    """The shifted-sum depthwise kernel against the loop twin of per-example convs."""
+    rng = np.random.default_rng(12)
+    x = f32(rng, 3, 9, 8, 5)
+    w = f32(rng, 3, 5, 5, 1, 5)
+    for stride, padding in ((1, "SAME"), (2, "SAME"), (2, "VALID"), (1, ((2, 0), (1, 3)))):
+        got = jops.depthwise_conv2d_shifted(x, w, stride=stride, padding=padding)
+        want = jops.conv2d_per_example_naive(x, w, stride=stride, padding=padding, groups=5)
+        close(got, want, 1e-6, 1e-6)
+
+
+def test_depthwise_rejects_unknown_impl():
+    x = np.zeros((1, 4, 4, 2), np.float32)
+    with pytest.raises(ValueError, match="argument 'impl' must be one of"):
+        jops.depthwise_conv2d(x, np.zeros((3, 3, 1, 2), np.float32), impl="fft")
+
+
 def test_per_example_conv_rejects_wrong_batch():
     x = np.zeros((2, 5, 5, 3), np.float32)
     w = np.zeros((3, 3, 3, 3, 4), np.float32)
@@ -109,18 +141,20 @@ def test_conv2d_matches_oracle(seed, stride, padding, k, groups):
     close(dw, rdw)
 
 
-@settings(max_examples=8)
+@settings(max_examples=10)
 @given(seed=st.integers(0, 2**31 - 1), stride=st.sampled_from([1, 2]),
-       k=st.sampled_from([3, 5]), per_example=st.booleans())
-def test_depthwise_matches_oracle(seed, stride, k, per_example):
+       k=st.sampled_from([3, 5]), per_example=st.booleans(),
+       impl=st.sampled_from(jops.DEPTHWISE_IMPLS), padding=st.sampled_from(PADS))
+def test_depthwise_matches_oracle(seed, stride, k, per_example, impl, padding):
     rng = np.random.default_rng(seed)
     x = f32(rng, 2, 7, 7, 3)
     w = f32(rng, *((2,) if per_example else ()), k, k, 1, 3)
-    y, vjp = jax.vjp(lambda x, w: jops.depthwise_conv2d(x, w, stride=stride), x, w)
-    close(y, rconv.depthwise_conv2d(x, w, stride=stride))
+    y, vjp = jax.vjp(lambda x, w: jops.depthwise_conv2d(x, w, stride=stride, padding=padding,
+                                                        impl=impl), x, w)
+    close(y, rconv.depthwise_conv2d(x, w, stride=stride, padding=padding))
     dy = f32(rng, *y.shape)
     dx, dw = vjp(dy)
-    rdx, rdw = rconv.depthwise_conv2d_vjp(x, w, dy, stride=stride)
+    rdx, rdw = rconv.depthwise_conv2d_vjp(x, w, dy, stride=stride, padding=padding)
     close(dx, rdx)
     close(dw, rdw)
 
