@@ -580,12 +580,15 @@ def _run_early_exit(self, case, t):
     return out
 
 
-def _run_condconv(self, case, t):
+def _condconv_setup(case, t):
+    """(arch, routed blocks, train flag, compute dtype or None for float32) of a condconv case."""
     c = case.config
-    arch = _arch_from_config(c["arch"])
-    blocks = tuple(int(b) for b in c["blocks"])
-    train = bool(c["train"])
-    dtype = None if t.dtype == jnp.float32 else t.dtype
+    return (_arch_from_config(c["arch"]), tuple(int(b) for b in c["blocks"]), bool(c["train"]),
+            None if t.dtype == jnp.float32 else t.dtype)
+
+
+def _run_condconv(self, case, t):
+    arch, blocks, train, dtype = _condconv_setup(case, t)
 
     def build():
         def fn(params, x, dlogits, mask):
@@ -610,11 +613,7 @@ def _run_condconv(self, case, t):
 
 
 def _layer_condconv(self, case, layer, inputs, t):
-    c = case.config
-    arch = _arch_from_config(c["arch"])
-    blocks = tuple(int(b) for b in c["blocks"])
-    train = bool(c["train"])
-    dtype = None if t.dtype == jnp.float32 else t.dtype
+    arch, blocks, train, dtype = _condconv_setup(case, t)
 
     def build():
         def fn(params, x, mask):
