@@ -24,8 +24,8 @@ def add_parser(subparsers) -> None:
     p.add_argument("--backend", default="jax",
                    help="registered backend name (entry point group refbasis.backends) or "
                         "module.path:ClassName (default: jax)")
-    p.add_argument("--suite", action="append", choices=SUITES,
-                   help="suite to run (repeatable; default: all)")
+    p.add_argument("--suite", action="extend", nargs="+", choices=SUITES,
+                   help="suites to run (one or more, repeatable; default: all)")
     p.add_argument("--tier", default="highest", choices=TIERS, help="precision tier")
     p.add_argument("--case", dest="case_glob", default=None,
                    help="only cases whose '<suite>/<name>' matches this glob")
@@ -43,14 +43,16 @@ def add_parser(subparsers) -> None:
                               description="Build (explicitly) or verify the golden set.")
     gs = g.add_subparsers(dest="golden_command", metavar="{build,verify}")
     b = gs.add_parser("build", help="compute the goldens with the oracle and write them")
-    b.add_argument("--suite", action="append", choices=SUITES, help="suite (repeatable)")
+    b.add_argument("--suite", action="extend", nargs="+", choices=SUITES,
+                   help="suites (one or more, repeatable)")
     b.add_argument("--out", type=Path, default=None, help="output directory (default golden/)")
     b.add_argument("--no-prune", action="store_true",
                    help="keep case directories the catalogue no longer has")
     b.add_argument("--no-progress", action="store_true")
     b.set_defaults(func=cmd_golden_build)
     v = gs.add_parser("verify", help="regenerate in memory and check the committed set")
-    v.add_argument("--suite", action="append", choices=SUITES, help="suite (repeatable)")
+    v.add_argument("--suite", action="extend", nargs="+", choices=SUITES,
+                   help="suites (one or more, repeatable)")
     v.add_argument("--golden-dir", type=Path, default=None)
     v.add_argument("--no-progress", action="store_true")
     v.set_defaults(func=cmd_golden_verify)

@@ -80,3 +80,15 @@ def test_committed_set_is_reproduced_complete_and_small():
     assert size < 50e6, size
     assert 80 <= len(G.list_cases(root)) <= 250
     assert not [p for p in files if p.name.endswith(".tmp")]
+
+
+def test_suite_option_takes_several_and_repeats():
+    import pytest
+
+    from refbasis.cli import build_parser
+
+    args = build_parser().parse_args(
+        ["conform", "--suite", "ops", "models", "--suite", "schedules"])
+    assert args.suite == ["ops", "models", "schedules"]
+    with pytest.raises(SystemExit):
+        build_parser().parse_args(["conform", "--suite", "opz"])
