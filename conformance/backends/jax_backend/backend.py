@@ -403,9 +403,33 @@ def _run_block(self, case, t):
                 out.update({f"state/{k}": v for k, v in st.items()})
             return out
         return fn
-    params = {k: jnp.asarray(v) for k, v in _prefixed(case.inputs, "params/").items()}
+    params = _jax_params(case)
     return self.compiled(self.key(case, t), build)(params, jnp.asarray(case.inputs["x"]),
                                                    jnp.asarray(case.inputs["dy"]))
+
+
+def _jax_params(case):
+    """The case's flat parameter dict (inputs prefixed "params/") as JAX arrays."""
+    return {k: jnp.asarray(v) for k, v in _prefixed(case.inputs, "params/").items()}
+
+
+def _net_outputs(y, gp, gx, aux, train):
+    """Outputs every network-shaped case names alike (docs/porting.md): logits,
+    grad/input, act/<layer>, grad/<param> and, in train mode, state/<bn stat>."""
+    out = {"logits": y, "grad/input": gx}
+    out.update({f"act/{k}": v for k, v in aux["activations"].items()})
+    out.update({f"grad/{k}": v for k, v in gp.items()})
+    if train:
+        out.update({f"state/{k}": v for k, v in aux["new_state"].items()})
+    return out
+
+
+def _call_net(self, case, t, build, mask):
+    """Compile (cached per mask presence) and run fn(params, x, dlogits, mask)."""
+    mask = None if mask is None else jnp.asarray(mask)
+    return self.compiled(self.key(case, t, mask is None), build)(
+        _jax_params(case), jnp.asarray(case.inputs["x"]),
+        jnp.asarray(case.inputs["dlogits"]), mask)
 
 
 def _run_model(self, case, t):
@@ -420,18 +444,9 @@ def _run_model(self, case, t):
                                       precision=t.precision, **self.impls,
                                       dtype=dtype)
             y, gp, gx, aux = _net_grads(fwd, params, x, dlogits)
-            out = {"logits": y, "features": aux["features"], "grad/input": gx}
-            out.update({f"act/{k}": v for k, v in aux["activations"].items()})
-            out.update({f"grad/{k}": v for k, v in gp.items()})
-            if train:
-                out.update({f"state/{k}": v for k, v in aux["new_state"].items()})
-            return out
+            return {**_net_outputs(y, gp, gx, aux, train), "features": aux["features"]}
         return fn
-    params = {k: jnp.asarray(v) for k, v in _prefixed(case.inputs, "params/").items()}
-    mask = case.inputs.get("dropout_mask")
-    mask = None if mask is None else jnp.asarray(mask)
-    return self.compiled(self.key(case, t, mask is None), build)(
-        params, jnp.asarray(case.inputs["x"]), jnp.asarray(case.inputs["dlogits"]), mask)
+    return _call_net(self, case, t, build, case.inputs.get("dropout_mask"))
 
 
 def _layer_model(self, case, layer, inputs, t):
@@ -597,19 +612,11 @@ def _run_condconv(self, case, t):
                                                dropout_mask=mask, precision=t.precision,
                                                **self.impls, dtype=dtype)
             y, gp, gx, aux = _net_grads(fwd, params, x, dlogits)
-            out = {"logits": y, "grad/input": gx}
-            out.update({f"act/{k}": v for k, v in aux["activations"].items()})
+            out = _net_outputs(y, gp, gx, aux, train)
             out.update({f"routing/blocks.{i}": r for i, r in aux["routing"].items()})
-            out.update({f"grad/{k}": v for k, v in gp.items()})
-            if train:
-                out.update({f"state/{k}": v for k, v in aux["new_state"].items()})
             return out
         return fn
-    params = {k: jnp.asarray(v) for k, v in _prefixed(case.inputs, "params/").items()}
-    mask = case.inputs.get("dropout_mask") if train else None
-    mask = None if mask is None else jnp.asarray(mask)
-    return self.compiled(self.key(case, t, mask is None), build)(
-        params, jnp.asarray(case.inputs["x"]), jnp.asarray(case.inputs["dlogits"]), mask)
+    return _call_net(self, case, t, build, case.inputs.get("dropout_mask") if train else None)
 
 
 def _layer_condconv(self, case, layer, inputs, t):
@@ -710,7 +717,7 @@ def _state_out(params, opt, ema, metrics) -> dict:
 
 def _run_train_steps(self, case, t):
     fn, tconf = _train_setup(self, case, t)
-    params = {k: jnp.asarray(v) for k, v in _prefixed(case.inputs, "params/").items()}
+    params = _jax_params(case)
     opt, ema = jtrain.init_train_state(params, tconf)
     out = {}
     start = int(case.config.get("start_step", 0))
